@@ -1,0 +1,1 @@
+"""The supervision kernel. Depends on trio and the standard library only."""
