@@ -5,6 +5,8 @@ Every exception arboretum raises on purpose derives from :class:`ArboretumError`
     ArboretumError
     ├── ServerExited           the server is gone (or died while you waited); ``.reason``
     ├── CallingSelf            a server called itself, which would deadlock
+    ├── Shutdown               raise it to stop a server or child cleanly (OTP's ``shutdown``)
+    ├── Killed                 the reason of a server that was cancelled before it could stop
     ├── StartError             a child or server failed to start; the cause is ``__cause__``
     ├── RestartIntensityExceeded
     │                          too many restarts in the window; the last crash is ``__cause__``
@@ -50,6 +52,34 @@ class ServerExited(ArboretumError):
 
 class CallingSelf(ArboretumError):
     """A server called itself: the call could never be answered (OTP's ``calling_self``)."""
+
+
+class Shutdown(ArboretumError):
+    """Raise from a server's handler, or from a function child, to exit *cleanly*.
+
+    A clean exit is not logged as a crash, and a ``transient`` child that exits this way is not
+    restarted (OTP's ``shutdown`` / ``{shutdown, term}`` exit reasons). ``terminate(exc)`` still
+    runs for a server. To reply to a call and then stop, call ``caller.reply(value)`` first.
+
+    Attributes:
+        reason: any value describing why, or ``None``.
+    """
+
+    def __init__(self, reason: Any = None) -> None:
+        self.reason = reason
+        super().__init__("shutdown" if reason is None else f"shutdown: {reason!r}")
+
+
+class Killed(ArboretumError):
+    """The exit reason of a server or child that was cancelled (killed) rather than stopped.
+
+    It is what callers see in ``ServerExited.reason`` when a server is killed by
+    ``brutal_kill``, by a shutdown grace period running out, or by the cancellation of the
+    nursery it runs in. ``terminate`` does not run for a killed server.
+    """
+
+    def __init__(self, message: str = "killed (cancelled)") -> None:
+        super().__init__(message)
 
 
 class StartError(ArboretumError):
