@@ -7,45 +7,95 @@ dependencies when they are imported.
 
 from __future__ import annotations
 
+from . import telemetry as telemetry
 from ._core._exceptions import AlreadyRegistered as AlreadyRegistered
 from ._core._exceptions import AlreadyStarted as AlreadyStarted
 from ._core._exceptions import ArboretumError as ArboretumError
 from ._core._exceptions import CallingSelf as CallingSelf
 from ._core._exceptions import ChildNotFound as ChildNotFound
 from ._core._exceptions import ChildRunning as ChildRunning
+from ._core._exceptions import Killed as Killed
 from ._core._exceptions import MaxChildrenReached as MaxChildrenReached
 from ._core._exceptions import RestartIntensityExceeded as RestartIntensityExceeded
 from ._core._exceptions import ServerExited as ServerExited
+from ._core._exceptions import Shutdown as Shutdown
 from ._core._exceptions import SlowSubscriber as SlowSubscriber
 from ._core._exceptions import StartError as StartError
 from ._core._exceptions import ValidationError as ValidationError
 from ._core._pubsub import PubSub as PubSub
 from ._core._pubsub import PubSubAdapter as PubSubAdapter
 from ._core._pubsub import Subscription as Subscription
+from ._core._registry import Registration as Registration
+from ._core._registry import Registry as Registry
+from ._core._registry import RegistryEvent as RegistryEvent
+from ._core._registry import Via as Via
+from ._core._server import NOREPLY as NOREPLY
+from ._core._server import Caller as Caller
+from ._core._server import Server as Server
+from ._core._server import ServerRef as ServerRef
+from ._core._server import start_server as start_server
+from ._core._spec import Backoff as Backoff
+from ._core._spec import ChildSpec as ChildSpec
+from ._core._spec import FlapPolicy as FlapPolicy
+from ._core._spec import child_spec as child_spec
+from ._core._supervisor import ChildEvent as ChildEvent
+from ._core._supervisor import ChildInfo as ChildInfo
+from ._core._supervisor import ChildRef as ChildRef
+from ._core._supervisor import DynamicSupervisor as DynamicSupervisor
+from ._core._supervisor import Supervisor as Supervisor
+from ._core._supervisor import dynamic_supervisor_spec as dynamic_supervisor_spec
+from ._core._supervisor import open_dynamic_supervisor as open_dynamic_supervisor
+from ._core._supervisor import open_supervisor as open_supervisor
+from ._core._supervisor import supervisor_spec as supervisor_spec
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "NOREPLY",
     "AlreadyRegistered",
     "AlreadyStarted",
     "ArboretumError",
+    "Backoff",
+    "Caller",
     "CallingSelf",
+    "ChildEvent",
+    "ChildInfo",
     "ChildNotFound",
+    "ChildRef",
     "ChildRunning",
+    "ChildSpec",
+    "DynamicSupervisor",
+    "FlapPolicy",
+    "Killed",
     "MaxChildrenReached",
     "PubSub",
     "PubSubAdapter",
+    "Registration",
+    "Registry",
+    "RegistryEvent",
     "RestartIntensityExceeded",
+    "Server",
     "ServerExited",
+    "ServerRef",
+    "Shutdown",
     "SlowSubscriber",
     "StartError",
     "Subscription",
+    "Supervisor",
     "ValidationError",
+    "Via",
+    "child_spec",
+    "dynamic_supervisor_spec",
+    "open_dynamic_supervisor",
+    "open_supervisor",
+    "start_server",
+    "supervisor_spec",
+    "telemetry",
 ]
 
 # Make tracebacks and reprs say ``arboretum.X`` rather than the private module path.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("arboretum._"):
+    if isinstance(_obj, type) and _obj.__module__.startswith("arboretum._"):
         _obj.__module__ = "arboretum"
 del _name, _obj
