@@ -281,7 +281,7 @@ class PubSub:
         delivered = 0
         failed: list[Subscription] = []
         for sub in subs:
-            if skip is not None and sub.owner is skip:
+            if skip is not None and (sub.owner is skip or sub.owner == skip):
                 continue
             if sub._deliver(message):
                 delivered += 1
@@ -305,7 +305,7 @@ class PubSub:
         """Like :meth:`broadcast`, but skip the subscriptions owned by ``from_``.
 
         ``from_`` is an owner (by default subscriptions are owned by the task that made them)
-        or a :class:`Subscription`, meaning its owner.
+        or a :class:`Subscription`, meaning its owner. Owners compare with ``==``.
         """
         if isinstance(from_, Subscription):
             from_ = from_.owner

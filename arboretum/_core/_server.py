@@ -38,6 +38,7 @@ from ._exceptions import (
 
 if TYPE_CHECKING:
     from ._registry import Registration, Via
+    from ._spec import ChildSpec
 
 __all__ = ["NOREPLY", "Caller", "Server", "ServerRef", "start_server"]
 
@@ -127,6 +128,17 @@ class Server:
     """
 
     ref: ServerRef
+
+    @classmethod
+    def child_spec(cls, *args: Any, **options: Any) -> ChildSpec:
+        """A child spec for this server: ``arboretum.child_spec(cls, *args, **options)``.
+
+        Override it to change a server's defaults (``restart``, ``shutdown``, ...), as
+        ``use GenServer, restart: :transient`` does (GS-25).
+        """
+        from ._spec import child_spec
+
+        return child_spec(cls, *args, **options)
 
     async def init(self, *args: Any, **kwargs: Any) -> None:
         """Set up state. Raising makes the start fail with :class:`StartError`."""

@@ -233,4 +233,6 @@ def as_spec(start: Any, args: tuple[Any, ...] = ()) -> ChildSpec:
         if args:
             return replace(start, args=start.args + tuple(args))
         return start
+    if isinstance(start, type_) and issubclass(start, Server):
+        return start.child_spec(*args)
     return child_spec(start, *args)

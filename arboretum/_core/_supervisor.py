@@ -90,9 +90,9 @@ class ChildEvent:
 class ChildInfo:
     """One row of :meth:`Supervisor.which_children`.
 
-    ``state`` is ``"running"``, ``"starting"``, ``"restarting"`` (waiting for a delayed or
-    retried restart), ``"stopped"`` or ``"gave_up"`` (flap detection); ``ref`` is ``None``
-    unless running (OTP's ``undefined``).
+    ``state`` is ``"running"``, ``"starting"``, ``"exited"`` (it just exited; the supervisor
+    is deciding), ``"restarting"`` (waiting for a delayed or retried restart), ``"stopped"`` or
+    ``"gave_up"`` (flap detection); ``ref`` is ``None`` unless running (OTP's ``undefined``).
     """
 
     id: Any
@@ -792,6 +792,7 @@ class Supervisor(_SupervisorBase):
         async with self._lock:
             child = self._find(child_id)
             child.wanted = False
+            child.expected_exit = True  # an exit already queued must not restart it
             if child._running or child.state == "restarting":
                 await self._stop_child(child)
             child.state = "stopped"
@@ -1029,6 +1030,7 @@ class DynamicSupervisor(_SupervisorBase):
                 result = await self._run_once(child)
                 if child.expected_exit or self._closing:
                     break
+                child.state = "stopped"
                 if result is _NOT_STARTED:
                     if child.incarnation == 1:
                         break
@@ -1037,7 +1039,6 @@ class DynamicSupervisor(_SupervisorBase):
                 else:
                     reason = result
                     self._log_crash(child, reason, "crashed")
-                child.state = "stopped"
                 self._emit("exited", child, reason)
                 if not self._wants_restart(child, reason):
                     break

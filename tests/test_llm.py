@@ -1,0 +1,671 @@
+"""arboretum.llm: the client against a real HTTP server on 127.0.0.1 (tests/llm_fake_server.py)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+import arboretum
+import arboretum.llm as llm_mod
+from arboretum import telemetry
+from arboretum.llm import (
+    BoundLLM,
+    Completion,
+    HTTPRequest,
+    LLMAuthenticationError,
+    LLMBadResponse,
+    LLMConfigError,
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimited,
+    LLMRequestRejected,
+    LLMServerError,
+    LLMTimeout,
+    OpenAIProvider,
+    Usage,
+    open_llm_client,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_fake_server import (  # noqa: E402
+    FakeLLMServer,
+    close,
+    error,
+    hang,
+    ok,
+    open_fake_llm_server,
+    raw,
+    trickle,
+)
+
+KEY_VAR = "ARBORETUM_TEST_LLM_KEY"
+KEY = "sk-arb-SECRET-0123456789abcdefXYZ"
+EVENTS = [("arboretum", "llm", "request", s) for s in ("start", "stop", "exception")]
+
+
+@pytest.fixture
+async def server() -> Any:
+    async with open_fake_llm_server() as s:
+        yield s
+
+
+@pytest.fixture
+async def client() -> Any:
+    async with open_llm_client(retry_backoff=0.01) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(KEY_VAR, KEY)
+    return KEY
+
+
+def openai_cfg(server: FakeLLMServer, **over: Any) -> dict[str, Any]:
+    cfg = {
+        "provider": "openai",
+        "model": "gpt-test",
+        "endpoint_url": server.openai_url,
+        "api_key_env_var": KEY_VAR,
+        "timeout_s": 2.0,
+    }
+    cfg.update(over)
+    return cfg
+
+
+def anthropic_cfg(server: FakeLLMServer, **over: Any) -> dict[str, Any]:
+    cfg = {
+        "provider": "anthropic",
+        "model": "claude-test",
+        "endpoint_url": server.anthropic_url,
+        "api_key_env_var": KEY_VAR,
+        "timeout_s": 2.0,
+    }
+    cfg.update(over)
+    return cfg
+
+
+CONFIGS = {"openai": openai_cfg, "anthropic": anthropic_cfg}
+
+
+def chain_text(exc: BaseException) -> str:
+    """Everything a traceback printer or error reporter would show of ``exc`` and its chain."""
+    parts = ["".join(traceback.format_exception(exc))]
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts += [str(e), repr(e), repr(e.args), repr(vars(e))]
+        e = e.__cause__ or e.__context__
+    return "\n".join(parts)
+
+
+# -- the two wire formats ---------------------------------------------------------------------
+
+
+async def test_openai_completion(server: FakeLLMServer, client: llm_mod.LLMClient) -> None:
+    agent = client.bind(openai_cfg(server, temperature=0.3, max_tokens=50))
+    completion = await agent.complete("Say hi", system="Be brief.")
+    assert completion.text == "echo: Say hi"
+    assert completion.model == "gpt-test-served"
+    assert completion.provider == "openai"
+    assert completion.finish_reason == "stop"
+    assert completion.usage == Usage(*server.usages[0])
+    (req,) = server.requests
+    assert (req.method, req.path) == ("POST", "/v1/chat/completions")
+    assert req.headers["authorization"] == f"Bearer {KEY}"
+    assert req.json == {
+        "model": "gpt-test",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Say hi"},
+        ],
+        "temperature": 0.3,
+        "max_tokens": 50,
+    }
+
+
+async def test_anthropic_completion(server: FakeLLMServer, client: llm_mod.LLMClient) -> None:
+    agent = client.bind(anthropic_cfg(server))
+    completion = await agent.complete(
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": "How are you?"},
+        ],
+        stop=["\n\n"],
+    )
+    assert completion.text == "echo: How are you?"
+    assert completion.model == "claude-test-served"
+    assert completion.finish_reason == "end_turn"
+    assert completion.usage == Usage(*server.usages[0])
+    (req,) = server.requests
+    assert req.path == "/v1/messages"
+    assert req.headers["x-api-key"] == KEY
+    assert req.headers["anthropic-version"] == "2023-06-01"
+    assert "authorization" not in req.headers
+    assert req.json == {
+        "model": "claude-test",
+        "max_tokens": 1024,
+        "system": "Be brief.",
+        "messages": [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Hi"},
+            {"role": "user", "content": "How are you?"},
+        ],
+        "stop_sequences": ["\n\n"],
+    }
+
+
+async def test_call_options_override_config_and_extra_goes_to_body(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    agent = client.bind(openai_cfg(server, temperature=0.3, max_tokens=50))
+    await agent.complete("x", temperature=0.9, max_tokens=7, top_p=0.5, seed=3)
+    body = server.requests[0].json
+    assert (body["temperature"], body["max_tokens"]) == (0.9, 7)
+    assert (body["top_p"], body["seed"]) == (0.5, 3)
+
+
+async def test_local_endpoint_without_key_sends_no_credentials(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    # The shape of a local Ollama config: no api_key_env_var.
+    agent = client.bind(
+        {"provider": "openai", "model": "llama3.2", "endpoint_url": server.openai_url}
+    )
+    assert (await agent.complete("hi")).text == "echo: hi"
+    headers = server.requests[0].headers
+    assert "authorization" not in headers and "x-api-key" not in headers
+
+
+async def test_default_endpoints() -> None:
+    async with open_llm_client() as client:
+        assert client.bind({"provider": "openai", "model": "m"}).endpoint_url == (
+            "https://api.openai.com/v1"
+        )
+        assert client.bind({"provider": "anthropic", "model": "m"}).endpoint_url == (
+            "https://api.anthropic.com"
+        )
+        trailing = client.bind({"provider": "openai", "model": "m", "endpoint_url": "http://h/v1/"})
+        assert trailing.endpoint_url == "http://h/v1"
+
+
+async def test_a_provider_is_one_small_class(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    class Gateway(OpenAIProvider):
+        name = "gateway"
+
+        def build_request(self, *args: Any, **kwargs: Any) -> HTTPRequest:
+            req = super().build_request(*args, **kwargs)
+            return HTTPRequest(req.url, {**req.headers, "x-gateway": "1"}, req.json)
+
+    async with open_llm_client(providers={"gateway": Gateway()}) as custom:
+        agent = custom.bind(openai_cfg(server, provider="gateway"))
+        assert (await agent.complete("hi")).text == "echo: hi"
+    assert server.requests[0].headers["x-gateway"] == "1"
+    with pytest.raises(LLMConfigError, match="unknown provider 'gateway'"):
+        client.bind(openai_cfg(server, provider="gateway"))
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+async def test_provider_none_refuses_every_query(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    agent = client.bind({"provider": "none"})
+    with pytest.raises(LLMConfigError, match="provider 'none'") as info:
+        await agent.complete("hi")
+    assert info.value.provider == "none" and not info.value.retryable
+    assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        ({"provider": "openia", "model": "m"}, "unknown provider 'openia'"),
+        ({"model": "m"}, "provider is required"),
+        ({"provider": "openai"}, "model is required"),
+        ({"provider": "openai", "model": "m", "endpoint_url": "ftp://x"}, "endpoint_url"),
+        ({"provider": "openai", "model": "m", "timeout_s": 0}, "timeout_s"),
+        ({"provider": "openai", "model": "m", "temperature": 3}, "temperature"),
+        ({"provider": "openai", "model": "m", "max_tokens": True}, "max_tokens"),
+    ],
+)
+async def test_bind_refuses_bad_config(
+    client: llm_mod.LLMClient, cfg: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(LLMConfigError, match=field):
+        client.bind(cfg)
+
+
+async def test_bind_refuses_a_literal_key_without_repeating_it(client: llm_mod.LLMClient) -> None:
+    with pytest.raises(LLMConfigError, match="NAME of an environment variable") as info:
+        client.bind({"provider": "openai", "model": "m", "api_key_env_var": KEY})
+    assert KEY not in chain_text(info.value)
+
+
+async def test_missing_key_variable_is_named(
+    server: FakeLLMServer, client: llm_mod.LLMClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_VAR)
+    agent = client.bind(openai_cfg(server))  # binding does not read the key
+    with pytest.raises(LLMConfigError, match=KEY_VAR):
+        await agent.complete("hi")
+    assert server.requests == []
+
+
+async def test_key_is_read_when_the_request_is_made(
+    server: FakeLLMServer, client: llm_mod.LLMClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = client.bind(openai_cfg(server))
+    await agent.complete("one")
+    monkeypatch.setenv(KEY_VAR, "sk-rotated-key-000000")
+    await agent.complete("two")
+    assert [r.headers["authorization"] for r in server.requests] == [
+        f"Bearer {KEY}",
+        "Bearer sk-rotated-key-000000",
+    ]
+
+
+async def test_bad_messages_are_refused(client: llm_mod.LLMClient) -> None:
+    agent = client.bind({"provider": "openai", "model": "m", "endpoint_url": "http://127.0.0.1:9"})
+    with pytest.raises(ValueError, match="role"):
+        await agent.complete([{"role": "robot", "content": "x"}])
+    with pytest.raises(ValueError, match="at least one"):
+        await agent.complete([])
+
+
+# -- errors, retries, deadlines -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_rate_limited_carries_retry_after(
+    server: FakeLLMServer, client: llm_mod.LLMClient, provider: str
+) -> None:
+    server.push(error(429, "slow down", {"retry-after": "7"}))
+    agent = client.bind(CONFIGS[provider](server))
+    with pytest.raises(LLMRateLimited, match="slow down") as info:
+        await agent.complete("hi")
+    exc = info.value
+    assert (exc.retry_after, exc.status_code, exc.retryable, exc.provider) == (
+        7.0,
+        429,
+        True,
+        provider,
+    )
+
+
+async def test_retry_after_ms_and_http_date(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    agent = client.bind(openai_cfg(server))
+    server.push(error(429, headers={"retry-after-ms": "150", "retry-after": "1"}))
+    with pytest.raises(LLMRateLimited) as info:
+        await agent.complete("hi")
+    assert info.value.retry_after == 0.15
+    server.push(error(429, headers={"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}))
+    with pytest.raises(LLMRateLimited) as info:
+        await agent.complete("hi")
+    assert info.value.retry_after == 0.0  # a date in the past: retry now
+    server.push(error(429))
+    with pytest.raises(LLMRateLimited) as info:
+        await agent.complete("hi")
+    assert info.value.retry_after is None
+
+
+async def test_retry_honours_retry_after(server: FakeLLMServer, client: llm_mod.LLMClient) -> None:
+    server.push(error(429, headers={"retry-after": "0.25"}), ok())
+    agent = client.bind(openai_cfg(server))
+    start = time.monotonic()
+    completion = await agent.complete("hi", retries=1)
+    elapsed = time.monotonic() - start
+    assert completion.text == "echo: hi"
+    assert len(server.requests) == 2
+    assert 0.25 <= elapsed < 1.5
+
+
+async def test_retry_after_beyond_the_cap_is_raised_at_once(server: FakeLLMServer) -> None:
+    server.push(error(429, headers={"retry-after": "5"}))
+    async with open_llm_client(max_retry_wait=1.0) as client:
+        agent = client.bind(openai_cfg(server))
+        start = time.monotonic()
+        with pytest.raises(LLMRateLimited):
+            await agent.complete("hi", retries=3)
+        assert time.monotonic() - start < 1.0
+    assert len(server.requests) == 1
+
+
+async def test_server_errors_are_retryable(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    agent = client.bind(anthropic_cfg(server))
+    server.push(error(529, "Overloaded"))
+    with pytest.raises(LLMServerError, match="Overloaded") as info:
+        await agent.complete("hi")  # retries=0 by default: the caller's policy decides
+    assert (info.value.status_code, info.value.retryable) == (529, True)
+    server.push(error(500), error(503))
+    assert (await agent.complete("hi", retries=2)).text == "echo: hi"
+    assert len(server.requests) == 4
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+async def test_other_4xx_are_not_retried(
+    server: FakeLLMServer, client: llm_mod.LLMClient, status: int
+) -> None:
+    server.push(error(status, "model not found"))
+    agent = client.bind(openai_cfg(server))
+    with pytest.raises(LLMRequestRejected, match="model not found") as info:
+        await agent.complete("hi", retries=3)
+    assert (info.value.status_code, info.value.retryable) == (status, False)
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_authentication_error_names_the_variable(
+    server: FakeLLMServer, client: llm_mod.LLMClient, status: int
+) -> None:
+    server.push(error(status, "invalid x-api-key"))
+    agent = client.bind(anthropic_cfg(server))
+    with pytest.raises(LLMAuthenticationError, match=KEY_VAR) as info:
+        await agent.complete("hi", retries=2)
+    assert (info.value.status_code, info.value.retryable) == (status, False)
+    assert len(server.requests) == 1
+
+
+async def test_authentication_error_without_key_variable(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    server.push(error(401, "no key"))
+    agent = client.bind(openai_cfg(server, api_key_env_var=None))
+    with pytest.raises(LLMAuthenticationError, match="no llm_config.api_key_env_var"):
+        await agent.complete("hi")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"choices": [', b"<html>bad gateway</html>", b'{"choices": []}', b"[1, 2]"],
+)
+async def test_malformed_answers(
+    server: FakeLLMServer, client: llm_mod.LLMClient, body: bytes
+) -> None:
+    server.push(raw(200, body))
+    agent = client.bind(openai_cfg(server))
+    with pytest.raises(LLMBadResponse) as info:
+        await agent.complete("hi", retries=2)
+    assert not info.value.retryable
+    assert len(server.requests) == 1
+
+
+async def test_malformed_anthropic_answer(server: FakeLLMServer, client: llm_mod.LLMClient) -> None:
+    server.push(raw(200, b'{"content": "not a list"}'))
+    with pytest.raises(LLMBadResponse, match="content"):
+        await client.bind(anthropic_cfg(server)).complete("hi")
+
+
+async def test_hang_is_bounded_by_timeout_s(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    server.push(hang())
+    agent = client.bind(openai_cfg(server, timeout_s=0.3))
+    start = time.monotonic()
+    with pytest.raises(LLMTimeout, match="timeout_s=0.3") as info:
+        await agent.complete("hi")
+    assert 0.3 <= time.monotonic() - start < 1.0
+    assert (info.value.timeout, info.value.retryable) == (0.3, True)
+    assert (await agent.complete("again")).text == "echo: again"  # still usable
+
+
+async def test_trickling_answer_is_bounded_by_timeout_s(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    # A byte every 50 ms: httpx's per-read timeout (also 0.3 s) never fires by itself.
+    server.push(trickle(interval=0.05))
+    agent = client.bind(openai_cfg(server, timeout_s=0.3))
+    start = time.monotonic()
+    with pytest.raises(LLMTimeout):
+        await agent.complete("hi")
+    assert 0.3 <= time.monotonic() - start < 1.0
+    assert server.answered == 0
+
+
+async def test_retry_after_timeout(server: FakeLLMServer, client: llm_mod.LLMClient) -> None:
+    server.push(hang(), ok())
+    agent = client.bind(openai_cfg(server, timeout_s=0.2))
+    assert (await agent.complete("hi", retries=1)).text == "echo: hi"
+    assert len(server.requests) == 2
+
+
+async def test_closed_connection(server: FakeLLMServer, client: llm_mod.LLMClient) -> None:
+    server.push(close())
+    agent = client.bind(openai_cfg(server))
+    with pytest.raises(LLMConnectionError) as info:
+        await agent.complete("hi")
+    assert info.value.retryable
+    assert isinstance(info.value.__cause__, httpx.HTTPError)
+    server.push(close(), close())
+    assert (await agent.complete("hi", retries=2)).text == "echo: hi"
+
+
+async def test_connection_refused(client: llm_mod.LLMClient) -> None:
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    agent = client.bind(
+        {"provider": "openai", "model": "m", "endpoint_url": f"http://127.0.0.1:{port}/v1"}
+    )
+    with pytest.raises(LLMConnectionError, match="ConnectError"):
+        await agent.complete("hi")
+
+
+async def test_caller_cancellation_is_not_a_timeout(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    server.push(hang())
+    agent = client.bind(openai_cfg(server, timeout_s=5))
+    with trio.move_on_after(0.2) as scope:
+        with telemetry.capture(EVENTS) as seen:
+            await agent.complete("hi")
+    assert scope.cancelled_caught
+    assert [e.event[-1] for e in seen] == ["start", "exception"]
+    assert seen[-1].metadata["kind"] == "cancelled"
+    assert (await agent.complete("after")).text == "echo: after"
+
+
+async def test_oversized_answer_is_refused(server: FakeLLMServer) -> None:
+    async with open_llm_client(max_response_bytes=100) as client:
+        with pytest.raises(LLMBadResponse, match="larger than 100 bytes"):
+            await client.bind(openai_cfg(server)).complete("x" * 200)
+
+
+# -- the client's lifecycle ---------------------------------------------------------------------
+
+
+async def test_closed_client_refuses_and_aclose_is_idempotent(server: FakeLLMServer) -> None:
+    async with open_llm_client() as client:
+        agent = client.bind(openai_cfg(server))
+    assert client.closed
+    await client.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await agent.complete("hi")
+
+
+async def test_a_given_http_client_is_shared_and_not_closed(server: FakeLLMServer) -> None:
+    async with httpx.AsyncClient() as http:
+        async with open_llm_client(http_client=http) as client:
+            a = client.bind(openai_cfg(server))
+            b = client.bind(anthropic_cfg(server))
+            assert (await a.complete("a")).text == "echo: a"
+            assert (await b.complete("b")).text == "echo: b"
+        assert not http.is_closed
+        assert (await http.get(server.base_url + "/nothing")).status_code == 404
+
+
+# -- key hygiene ------------------------------------------------------------------------------
+
+
+def test_reprs_show_the_variable_name_never_the_key() -> None:
+    async def main() -> tuple[str, str]:
+        async with open_llm_client() as client:
+            agent = client.bind({"provider": "anthropic", "model": "m", "api_key_env_var": KEY_VAR})
+            return repr(agent), repr(client)
+
+    bound, client = trio.run(main)
+    assert KEY_VAR in bound and "anthropic" in bound and "https://api.anthropic.com" in bound
+    assert KEY not in bound and KEY not in client
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_key_never_leaks_into_exceptions_logs_or_telemetry(
+    server: FakeLLMServer,
+    client: llm_mod.LLMClient,
+    provider: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included
+    agent = client.bind(CONFIGS[provider](server, timeout_s=0.3))
+    assert KEY not in repr(agent)
+    errors: list[LLMError] = []
+    with telemetry.capture(EVENTS) as seen:
+        await agent.complete("fine")
+        # The provider echoes the key back, like OpenAI's "Incorrect API key provided: sk-...".
+        server.push(
+            error(401, f"Incorrect API key provided: {KEY}"),
+            error(429, f"key {KEY} is over quota", {"retry-after": "0"}),
+            error(500, f"internal error for {KEY}"),
+            raw(200, f'{{"oops": "{KEY}"'.encode()),
+            raw(418, KEY.encode()),
+            hang(),
+            close(),
+        )
+        for _ in range(7):
+            with pytest.raises(LLMError) as info:
+                await agent.complete("secret prompt")
+            errors.append(info.value)
+        await agent.complete("fine again", retries=1)
+    assert [type(e) for e in errors] == [
+        LLMAuthenticationError,
+        LLMRateLimited,
+        LLMServerError,
+        LLMBadResponse,
+        LLMRequestRejected,
+        LLMTimeout,
+        LLMConnectionError,
+    ]
+    # The key was really sent, so the checks below are not vacuous.
+    sent = server.requests[0].headers
+    assert KEY in (sent.get("authorization", "") + sent.get("x-api-key", ""))
+    for exc in errors:
+        assert KEY not in chain_text(exc), type(exc)
+    assert "[redacted]" in str(errors[0])
+    assert len(seen) == 2 * 9
+    for event in seen:
+        assert KEY not in repr(event)
+        assert "secret prompt" not in repr(event.metadata)  # prompts are off by default
+    assert KEY not in caplog.text
+    assert any(r.name.startswith("httpx") for r in caplog.records)
+
+
+# -- telemetry --------------------------------------------------------------------------------
+
+
+async def test_telemetry_span_per_request(server: FakeLLMServer, client: llm_mod.LLMClient) -> None:
+    agent = client.bind(openai_cfg(server))
+    server.push(error(503))
+    with telemetry.capture(EVENTS) as seen:
+        completion = await agent.complete("hi", retries=1)
+    assert [e.event[-1] for e in seen] == ["start", "exception", "start", "stop"]
+    start, failed, _, stop = seen
+    assert start.metadata["provider"] == "openai" and start.metadata["model"] == "gpt-test"
+    assert start.metadata["attempt"] == 1 and "messages" not in start.metadata
+    assert failed.metadata["status"] == "server_error"
+    assert failed.metadata["http_status"] == 503
+    assert isinstance(failed.metadata["reason"], LLMServerError)
+    assert stop.metadata["status"] == "ok" and stop.metadata["attempt"] == 2
+    assert stop.metadata["response_model"] == "gpt-test-served"
+    assert stop.measurements["input_tokens"] == completion.usage.input_tokens
+    assert stop.measurements["output_tokens"] == completion.usage.output_tokens
+    assert stop.measurements["duration"] > 0
+    assert "text" not in stop.metadata
+
+
+async def test_telemetry_records_prompts_only_when_asked(server: FakeLLMServer) -> None:
+    async with open_llm_client(record_prompts=True) as client:
+        with telemetry.capture(EVENTS) as seen:
+            await client.bind(openai_cfg(server)).complete("hello there")
+    start, stop = seen
+    assert start.metadata["messages"] == [{"role": "user", "content": "hello there"}]
+    assert stop.metadata["text"] == "echo: hello there"
+    assert KEY not in repr(seen)
+
+
+# -- values and layering ---------------------------------------------------------------------
+
+
+def test_usage_adds_up() -> None:
+    assert Usage(1, 2) + Usage(3, 4) == Usage(4, 6)
+    assert sum([Usage(1, 1), Usage(2, 2)], Usage()) == Usage(3, 3)
+    assert sum([Usage(1, 1), Usage(2, 2)]) == Usage(3, 3)
+    assert Usage(2, 3).total_tokens == 5
+    completion = Completion("t", Usage(), "m", "openai")
+    assert "raw" not in repr(completion)
+
+
+def test_exception_tree() -> None:
+    for cls in (
+        LLMConfigError,
+        LLMTimeout,
+        LLMConnectionError,
+        LLMRateLimited,
+        LLMServerError,
+        LLMAuthenticationError,
+        LLMRequestRejected,
+        LLMBadResponse,
+    ):
+        assert issubclass(cls, LLMError) and issubclass(cls, arboretum.ArboretumError)
+    retryable = {
+        c.__name__ for c in (LLMTimeout, LLMConnectionError, LLMRateLimited, LLMServerError)
+    }
+    for name in llm_mod.__all__:
+        obj = getattr(llm_mod, name)
+        if isinstance(obj, type) and issubclass(obj, LLMError):
+            assert obj.retryable == (name in retryable), name
+
+
+def test_all_is_complete() -> None:
+    public = {n for n in vars(llm_mod) if not n.startswith("_")} - {"annotations"}
+    assert set(llm_mod.__all__) == public
+    assert BoundLLM.__module__ == "arboretum.llm"
+    assert llm_mod.summarize.__module__ == "arboretum.llm"
+
+
+def test_import_arboretum_does_not_load_httpx() -> None:
+    code = (
+        "import sys, arboretum; assert 'httpx' not in sys.modules, 'httpx'; "
+        "import arboretum.llm; assert 'httpx' in sys.modules; "
+        "bad = {'peewee', 'typer', 'rich', 'trio_websocket', 'arboretum.store', "
+        "'arboretum.agents', 'arboretum.web', 'arboretum.cli'} & set(sys.modules); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_oversized_chunked_answer_is_refused(server: FakeLLMServer) -> None:
+    # No Content-Length to refuse up front: the body is drained and dropped.
+    big = b'{"pad": "' + b"x" * 5000 + b'"}'
+    server.push(raw(200, big, {"transfer-encoding": "chunked"}))
+    async with open_llm_client(max_response_bytes=1000) as client:
+        with pytest.raises(LLMBadResponse, match="larger than 1000 bytes"):
+            await client.bind(openai_cfg(server)).complete("x")
