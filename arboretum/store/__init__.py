@@ -1,0 +1,89 @@
+"""arboretum.store: agents configured in a database.
+
+peewee models (:class:`Agent`, :class:`AgentRun`), changeset-style validation, forward-only
+migrations, and an async CRUD API that broadcasts every change on a
+:class:`~arboretum.PubSub` — including changes made by other processes::
+
+    async with arboretum.store.open_store("arboretum.db", pubsub=ps) as store:
+        agent = await store.create_agent({"name": "echo-agent", "abilities": ["echo"]})
+        async with store.subscribe_agents_changed() as events:
+            async for event in events:      # AgentCreated / AgentUpdated / AgentDeleted
+                ...
+
+See docs/store.md (concurrency, migrations, change feed) and docs/agents.md (the fields).
+This package imports peewee and cronsim; ``import arboretum`` does not.
+"""
+
+from __future__ import annotations
+
+from .._core._exceptions import ValidationError as ValidationError
+from ._exceptions import AgentNotFound as AgentNotFound
+from ._exceptions import SchemaTooNew as SchemaTooNew
+from ._exceptions import StoreClosed as StoreClosed
+from ._exceptions import StoreError as StoreError
+from ._exceptions import UnsupportedDatabase as UnsupportedDatabase
+from ._migrations import SCHEMA_VERSION as SCHEMA_VERSION
+from ._models import Agent as Agent
+from ._models import AgentRun as AgentRun
+from ._records import CONFIG_FIELDS as CONFIG_FIELDS
+from ._records import AgentCreated as AgentCreated
+from ._records import AgentDeleted as AgentDeleted
+from ._records import AgentEvent as AgentEvent
+from ._records import AgentRecord as AgentRecord
+from ._records import AgentUpdated as AgentUpdated
+from ._records import RunRecord as RunRecord
+from ._records import RunRecorded as RunRecorded
+from ._store import AGENTS_TOPIC as AGENTS_TOPIC
+from ._store import RUNS_TOPIC as RUNS_TOPIC
+from ._store import UNSET as UNSET
+from ._store import AgentRef as AgentRef
+from ._store import Store as Store
+from ._store import open_store as open_store
+from ._validation import DEFAULT_LLM_CONFIG as DEFAULT_LLM_CONFIG
+from ._validation import DEFAULT_RETRY_POLICY as DEFAULT_RETRY_POLICY
+from ._validation import STATUSES as STATUSES
+from ._validation import Validator as Validator
+from ._validation import agent_defaults as agent_defaults
+from ._validation import validate_ability_name as validate_ability_name
+
+__all__ = [
+    "AGENTS_TOPIC",
+    "CONFIG_FIELDS",
+    "DEFAULT_LLM_CONFIG",
+    "DEFAULT_RETRY_POLICY",
+    "RUNS_TOPIC",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "UNSET",
+    "Agent",
+    "AgentCreated",
+    "AgentDeleted",
+    "AgentEvent",
+    "AgentNotFound",
+    "AgentRecord",
+    "AgentRef",
+    "AgentRun",
+    "AgentUpdated",
+    "RunRecord",
+    "RunRecorded",
+    "SchemaTooNew",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "UnsupportedDatabase",
+    "ValidationError",
+    "Validator",
+    "agent_defaults",
+    "open_store",
+    "validate_ability_name",
+]
+
+# Tracebacks and reprs say ``arboretum.store.X`` rather than the private module path.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("arboretum.store._"):
+        try:
+            _obj.__module__ = "arboretum.store"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj
