@@ -450,19 +450,23 @@ async def _loop(ref: ServerRef, server: Server) -> BaseException | None:
                 break
     except Exception as exc:
         ref._die(exc)
-        await _terminate(server, exc)
+        await _terminate(ref, server, exc)
         return exc
     except BaseException:
         ref._die(Killed())
         raise
     ref._die(None)
-    await _terminate(server, None)
+    await _terminate(ref, server, None)
     return None
 
 
-async def _terminate(server: Server, reason: BaseException | None) -> None:
+async def _terminate(ref: ServerRef, server: Server, reason: BaseException | None) -> None:
     # terminate() raising replaces the exit reason, as in OTP; the original is its __context__.
-    await server.terminate(reason)
+    try:
+        await server.terminate(reason)
+    except Exception as exc:
+        ref._reason = exc
+        raise
 
 
 async def _server_task(
@@ -471,8 +475,8 @@ async def _server_task(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> None:
-    with trio.CancelScope() as scope:
-        ref._scope = scope
+    assert ref._scope is not None
+    with ref._scope:
         await _serve(ref, server, args, kwargs, ref._report_start)
 
 
@@ -533,5 +537,12 @@ async def start_server(
     Cancellation: if cancelled while ``init`` runs, the server is cancelled too.
     """
     ref, server = _new_server(server_type, name)
-    nursery.start_soon(_server_task, ref, server, args, kwargs, name=server_type.__qualname__)
+    # Created here, not in the task, so that a starter cancelled before the task first runs
+    # can still cancel the server.
+    ref._scope = trio.CancelScope()
+    try:
+        nursery.start_soon(_server_task, ref, server, args, kwargs, name=server_type.__qualname__)
+    except BaseException:
+        ref._die(None)  # releases the name: the server never ran
+        raise
     return await _wait_started(ref)

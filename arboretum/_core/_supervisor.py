@@ -63,6 +63,15 @@ _STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 _AUTO_SHUTDOWNS = ("never", "any_significant", "all_significant")
 
 _NOT_STARTED: Final = object()
+# "retrying" (a restart failed; the retry is queued) shows as "restarting" to users.
+_WAITING: Final = ("restarting", "retrying")
+_BUSY: Final = ("running", "starting", "restarting", "retrying")
+
+
+def _public_state(state: str) -> str:
+    return "restarting" if state == "retrying" else state
+
+
 _EVENT_TOPIC: Final = "children"
 
 
@@ -449,6 +458,7 @@ class _SupervisorBase:
 
     async def _stop_child(self, child: ChildRef) -> None:
         """Stop one child within its shutdown grace; return once its task has finished."""
+        was_running = child._running
         self._signal_stop(child)
         grace = child.spec.shutdown
         if child._running and isinstance(grace, float):
@@ -458,7 +468,7 @@ class _SupervisorBase:
                 child.scope.cancel()
         await child._wait_done()
         ref = child.ref
-        if isinstance(ref, ServerRef):
+        if was_running and isinstance(ref, ServerRef):
             reason = ref.exit_reason
             if not is_clean(reason) and not isinstance(reason, Killed):
                 self._log_crash(child, reason, "failed while shutting down")
@@ -637,17 +647,18 @@ class Supervisor(_SupervisorBase):
             return await self._child_exited(child, reason)
         if kind == "retry":
             _, _, incarnation, reason = event
-            if incarnation != child.incarnation or child.state != "restarting":
+            if incarnation != child.incarnation or child.state != "retrying":
                 return False
             if not self._count_restart(child, reason):
                 return False
-            await self._restart_group(child)
+            self._restart_later_or_now(child)
+            await self._restart_group(child)  # no-op unless _restart_later_or_now said now
             return False
         if kind == "delayed":
             _, _, incarnation = event
             if incarnation != child.incarnation or child.state != "restarting":
                 return False
-            await self._restart_group(child)
+            await self._restart_group(child, delayed=True)
         return False
 
     async def _child_exited(self, child: ChildRef, reason: BaseException | None) -> bool:
@@ -661,14 +672,20 @@ class Supervisor(_SupervisorBase):
             return self._auto_shutdown_now(child)
         if not self._count_restart(child, reason):
             return False
+        self._restart_later_or_now(child)
+        await self._restart_group(child)
+        return False
+
+    def _restart_later_or_now(self, child: ChildRef) -> None:
+        """Apply the child's restart delay: schedule the restart and mark it "restarting"
+        (then ``_restart_group`` does nothing now), or leave it to restart at once."""
         delay = self._restart_delay(child)
         if delay > 0:
             child.state = "restarting"
             assert self._nursery is not None
             self._nursery.start_soon(self._delayed_restart, child, child.incarnation, delay)
-            return False
-        await self._restart_group(child)
-        return False
+        else:
+            child.state = "exited"
 
     def _auto_shutdown_now(self, child: ChildRef) -> bool:
         if not child.spec.significant or self.auto_shutdown == "never":
@@ -688,11 +705,16 @@ class Supervisor(_SupervisorBase):
             return list(self._children)
         return self._children[self._children.index(child) :]
 
-    async def _restart_group(self, child: ChildRef) -> None:
-        """Restart ``child`` per the strategy (one restart against the intensity, SUP-30)."""
+    async def _restart_group(self, child: ChildRef, *, delayed: bool = False) -> None:
+        """Restart ``child`` per the strategy (one restart against the intensity, SUP-30).
+
+        Does nothing while the child waits for a delayed restart, unless this *is* it.
+        """
+        if child.state == "restarting" and not delayed:
+            return
         group = self._affected(child)
         for other in reversed(group):
-            if other is not child and other.state in ("running", "starting", "restarting"):
+            if other is not child and other.state in _BUSY:
                 await self._stop_child(other)
                 other.state = "stopped"
                 other.ref = None
@@ -705,7 +727,7 @@ class Supervisor(_SupervisorBase):
                 await self._start(member)
             except StartError as exc:
                 self._log_crash(member, exc.__cause__ or exc, "failed to restart")
-                member.state = "restarting"
+                member.state = "retrying"
                 self._inbox_send.send_nowait(("retry", member, member.incarnation, exc))
                 return
 
@@ -726,16 +748,17 @@ class Supervisor(_SupervisorBase):
             result = await self._run_once(child)
         finally:
             child._task_finished()
-        if result is _NOT_STARTED:
-            child.state = "stopped"
+        if incarnation != child.incarnation:
             return
-        if incarnation == child.incarnation and not child.expected_exit:
+        if result is _NOT_STARTED or child.expected_exit:
+            child.state = "stopped"
+        else:
             child.state = "exited"
             self._inbox_send.send_nowait(("exit", child, incarnation, result))
 
     async def _shutdown_all(self) -> None:
         for child in reversed(list(self._children)):
-            if child._running or child.state == "restarting":
+            if child._running or child.state in _WAITING:
                 await self._stop_child(child)
                 child.state = "stopped"
                 child.ref = None
@@ -793,7 +816,7 @@ class Supervisor(_SupervisorBase):
             child = self._find(child_id)
             child.wanted = False
             child.expected_exit = True  # an exit already queued must not restart it
-            if child._running or child.state == "restarting":
+            if child._running or child.state in _WAITING:
                 await self._stop_child(child)
             child.state = "stopped"
             child.ref = None
@@ -811,8 +834,8 @@ class Supervisor(_SupervisorBase):
         async with self._lock:
             self._check_open()
             child = self._find(child_id)
-            if child.state in ("running", "starting", "restarting"):
-                raise ChildRunning(child_id, child.state)
+            if child.state in _BUSY:
+                raise ChildRunning(child_id, _public_state(child.state))
             child._flaps = None
             child._consecutive = 0
             try:
@@ -831,8 +854,8 @@ class Supervisor(_SupervisorBase):
         """
         async with self._lock:
             child = self._find(child_id)
-            if child.state in ("running", "starting", "restarting"):
-                raise ChildRunning(child_id, child.state)
+            if child.state in _BUSY:
+                raise ChildRunning(child_id, _public_state(child.state))
             self._children.remove(child)
 
     def get_childspec(self, child_id: Hashable) -> ChildSpec:
@@ -845,7 +868,7 @@ class Supervisor(_SupervisorBase):
             ChildInfo(
                 c.id,
                 c.ref if c.state == "running" else None,
-                c.state,
+                _public_state(c.state),
                 c.spec.type,
                 c.spec.restart,
             )
