@@ -128,9 +128,7 @@ async def _call_plain(n: int) -> dict[str, float]:
         while True:
             while not mailbox:
                 parked[0] = trio.lowlevel.current_task()
-                await trio.lowlevel.wait_task_rescheduled(
-                    lambda _: trio.lowlevel.Abort.SUCCEEDED
-                )
+                await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.SUCCEEDED)
             request, caller = mailbox.popleft()
             trio.lowlevel.reschedule(caller, outcome.Value(request + 1))
 
