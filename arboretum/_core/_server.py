@@ -467,6 +467,9 @@ async def _terminate(ref: ServerRef, server: Server, reason: BaseException | Non
     except Exception as exc:
         ref._reason = exc
         raise
+    except BaseException:
+        ref._reason = Killed("killed (cancelled) while terminating")
+        raise
 
 
 async def _server_task(

@@ -217,7 +217,12 @@ def _emit_telemetry(kind: str, sup: _SupervisorBase, child: ChildRef, reason: An
         _telemetry.execute(
             event,
             {"count": 1},
-            {"supervisor": sup, "child_id": child.id, "ref": child.ref, "reason": reason},
+            {
+                "supervisor": sup,
+                "child_id": sup._public_id(child),
+                "ref": child.ref,
+                "reason": reason,
+            },
         )
 
 
@@ -288,6 +293,12 @@ class _SupervisorBase:
     def _public_id(self, child: ChildRef) -> Any:
         return child.id
 
+    def _close_subscriptions(self) -> None:
+        """End every ``subscribe()`` iteration once its buffered events are read."""
+        if self._events is not None:
+            for sub in list(self._events._topics.get(_EVENT_TOPIC, ())):
+                sub.close()
+
     # -- starting ---------------------------------------------------------------------------
 
     def _report_start(self, child: ChildRef, error: BaseException | None) -> None:
@@ -335,6 +346,7 @@ class _SupervisorBase:
                     ref._scope = scope
                     child.ref = ref
                     await _serve(ref, server, child.args, {}, _StartCallback(self, child))
+                    reason = ref._reason  # None, or the Shutdown it exited with
                 elif spec.takes_task_status:
                     await spec.start(*child.args, task_status=_TaskStatus(self, child))
                     if not child.started:
@@ -568,10 +580,12 @@ class Supervisor(_SupervisorBase):
         self.strategy: Strategy = strategy
         self.auto_shutdown: AutoShutdown = auto_shutdown
         self._children: list[ChildRef] = []
+        seen: set[Hashable] = set()
         for item in children:
             spec = as_spec(item)
-            if any(c.id == spec.id for c in self._children):
+            if spec.id in seen:
                 raise ValidationError({"id": [f"duplicate child id {spec.id!r}"]})
+            seen.add(spec.id)
             self._check_significant(spec)
             self._children.append(ChildRef(spec, spec.args))
         self._lock = trio.Lock()
@@ -611,6 +625,7 @@ class Supervisor(_SupervisorBase):
             raise_flat(group)
         finally:
             self._stopped.set()
+            self._close_subscriptions()
 
     async def _run(self, task_status: trio.TaskStatus[Supervisor]) -> None:
         async with trio.open_nursery() as nursery:
@@ -721,7 +736,9 @@ class Supervisor(_SupervisorBase):
                 if other.spec.restart == "temporary":
                     self._children.remove(other)
         for member in group:
-            if member not in self._children or not (member.wanted or member is child):
+            # Erlang restarts every child of the group, also those stopped with
+            # terminate_child or after a clean exit; only given-up children stay down.
+            if member not in self._children or member.state == "gave_up":
                 continue
             try:
                 await self._start(member)
@@ -750,8 +767,11 @@ class Supervisor(_SupervisorBase):
             child._task_finished()
         if incarnation != child.incarnation:
             return
-        if result is _NOT_STARTED or child.expected_exit:
+        if result is _NOT_STARTED:
             child.state = "stopped"
+        elif child.expected_exit:
+            child.state = "stopped"
+            self._emit("exited", child, result)
         else:
             child.state = "exited"
             self._inbox_send.send_nowait(("exit", child, incarnation, result))
@@ -991,6 +1011,7 @@ class DynamicSupervisor(_SupervisorBase):
             raise_flat(group)
         finally:
             self._stopped.set()
+            self._close_subscriptions()
 
     async def _run(self, task_status: trio.TaskStatus[DynamicSupervisor]) -> None:
         async with trio.open_nursery() as nursery:
@@ -1052,6 +1073,8 @@ class DynamicSupervisor(_SupervisorBase):
             while True:
                 result = await self._run_once(child)
                 if child.expected_exit or self._closing:
+                    if result is not _NOT_STARTED:
+                        self._emit("exited", child, result)
                     break
                 child.state = "stopped"
                 if result is _NOT_STARTED:
