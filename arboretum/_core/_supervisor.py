@@ -293,6 +293,21 @@ class _SupervisorBase:
     def _public_id(self, child: ChildRef) -> Any:
         return child.id
 
+    async def _run_guarded(self, task_status: Any) -> None:
+        """``run()`` of both kinds: refuse a second run, raise flat, always mark stopped."""
+        if self._nursery is not None:
+            raise RuntimeError(f"{self!r} is already running")
+        try:
+            await self._run(task_status)
+        except BaseExceptionGroup as group:
+            raise_flat(group)
+        finally:
+            self._stopped.set()
+            self._close_subscriptions()
+
+    async def _run(self, task_status: Any) -> None:
+        raise NotImplementedError
+
     def _close_subscriptions(self) -> None:
         """End every ``subscribe()`` iteration once its buffered events are read."""
         if self._events is not None:
@@ -617,15 +632,7 @@ class Supervisor(_SupervisorBase):
         Cancellation: the children are still stopped in reverse order, each within its
         shutdown grace, before the cancellation propagates.
         """
-        if self._nursery is not None:
-            raise RuntimeError(f"{self!r} is already running")
-        try:
-            await self._run(task_status)
-        except BaseExceptionGroup as group:
-            raise_flat(group)
-        finally:
-            self._stopped.set()
-            self._close_subscriptions()
+        await self._run_guarded(task_status)
 
     async def _run(self, task_status: trio.TaskStatus[Supervisor]) -> None:
         async with trio.open_nursery() as nursery:
@@ -1003,15 +1010,7 @@ class DynamicSupervisor(_SupervisorBase):
         Cancellation: the children are still stopped (concurrently, each within its grace)
         before the cancellation propagates.
         """
-        if self._nursery is not None:
-            raise RuntimeError(f"{self!r} is already running")
-        try:
-            await self._run(task_status)
-        except BaseExceptionGroup as group:
-            raise_flat(group)
-        finally:
-            self._stopped.set()
-            self._close_subscriptions()
+        await self._run_guarded(task_status)
 
     async def _run(self, task_status: trio.TaskStatus[DynamicSupervisor]) -> None:
         async with trio.open_nursery() as nursery:
