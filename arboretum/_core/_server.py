@@ -258,6 +258,8 @@ class ServerRef:
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             caller._task = None
+            if self._deferred is not None:
+                self._deferred.discard(caller)  # a deferred call given up: forget it
             return trio.lowlevel.Abort.SUCCEEDED
 
         if not _telemetry.has_handlers(_CALL_STOP_EVENT):
@@ -320,9 +322,16 @@ class ServerRef:
         Raises:
             ServerExited: the server crashed or was killed (before or while stopping);
                 ``.reason`` says why.
+            CallingSelf: called from the server's own task (it would wait forever); a
+                server stops itself with ``raise arboretum.Shutdown()``.
 
         Cancellation: the caller's deadline; the stop request stays queued.
         """
+        if self._task is not None and trio.lowlevel.current_task() is self._task:
+            await trio.lowlevel.checkpoint()
+            raise CallingSelf(
+                f"{self!r} cannot wait for its own exit; raise arboretum.Shutdown() instead"
+            )
         self._request_stop()
         reason = await self.wait_exited()
         if not is_clean(reason):
@@ -419,6 +428,7 @@ async def _loop(ref: ServerRef, server: Server) -> BaseException | None:
         while True:
             if not mailbox:
                 burst = 0
+                payload = caller = None  # hold no message while idle
                 ref._parked = ref._task
 
                 def abort(_: Any) -> trio.lowlevel.Abort:
