@@ -82,6 +82,19 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def restart_policy_errors(restart_delay: object, flap: object) -> dict[str, list[str]]:
+    """Check ``restart_delay`` and ``flap`` (child specs and supervisor defaults alike)."""
+    errors: dict[str, list[str]] = {}
+    if restart_delay is not None and not isinstance(restart_delay, Backoff):
+        if not _is_number(restart_delay) or restart_delay < 0:  # type: ignore[operator]
+            errors["restart_delay"] = [
+                f"must be seconds >= 0 or an arboretum.Backoff; got {restart_delay!r}"
+            ]
+    if flap is not None and not isinstance(flap, FlapPolicy):
+        errors["flap"] = [f"must be an arboretum.FlapPolicy; got {flap!r}"]
+    return errors
+
+
 def _accepts_task_status(fn: Callable[..., Any]) -> bool:
     try:
         params = inspect.signature(fn).parameters
@@ -202,13 +215,7 @@ def child_spec(
             errors["name"] = ["only a Server child can be registered under a name"]
         elif not (hasattr(name, "registry") and hasattr(name, "key")):
             errors["name"] = [f"must be registry.via(key); got {name!r}"]
-    if restart_delay is not None and not isinstance(restart_delay, Backoff):
-        if not _is_number(restart_delay) or restart_delay < 0:
-            errors["restart_delay"] = [
-                f"must be seconds >= 0 or an arboretum.Backoff; got {restart_delay!r}"
-            ]
-    if flap is not None and not isinstance(flap, FlapPolicy):
-        errors["flap"] = [f"must be an arboretum.FlapPolicy; got {flap!r}"]
+    errors.update(restart_policy_errors(restart_delay, flap))
     if errors:
         raise ValidationError(errors)
     return ChildSpec(

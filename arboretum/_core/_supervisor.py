@@ -41,7 +41,7 @@ from ._exceptions import (
 )
 from ._pubsub import PubSub, Subscription
 from ._server import ServerRef, _new_server, _serve, is_clean
-from ._spec import Backoff, ChildSpec, FlapPolicy, as_spec
+from ._spec import Backoff, ChildSpec, FlapPolicy, as_spec, restart_policy_errors
 from ._util import raise_flat
 
 __all__ = [
@@ -239,17 +239,9 @@ class _SupervisorBase:
         name: str | None,
     ) -> None:
         _check_intensity(max_restarts, max_seconds)
-        if restart_delay is not None and not isinstance(restart_delay, Backoff):
-            if (
-                not isinstance(restart_delay, int | float)
-                or isinstance(restart_delay, bool)
-                or restart_delay < 0
-            ):
-                raise ValidationError(
-                    {"restart_delay": ["must be seconds >= 0 or an arboretum.Backoff"]}
-                )
-        if flap is not None and not isinstance(flap, FlapPolicy):
-            raise ValidationError({"flap": ["must be an arboretum.FlapPolicy"]})
+        errors = restart_policy_errors(restart_delay, flap)
+        if errors:
+            raise ValidationError(errors)
         self.max_restarts = max_restarts
         self.max_seconds = float(max_seconds)
         self.restart_delay = restart_delay
@@ -292,6 +284,10 @@ class _SupervisorBase:
 
     def _public_id(self, child: ChildRef) -> Any:
         return child.id
+
+    async def wait_stopped(self) -> None:
+        """Wait until the supervisor has stopped (for any reason)."""
+        await self._stopped.wait()
 
     async def _run_guarded(self, task_status: Any) -> None:
         """``run()`` of both kinds: refuse a second run, raise flat, always mark stopped."""
@@ -918,10 +914,6 @@ class Supervisor(_SupervisorBase):
         self._request_stop()
         await self._stopped.wait()
 
-    async def wait_stopped(self) -> None:
-        """Wait until the supervisor has stopped (for any reason)."""
-        await self._stopped.wait()
-
 
 def _count(children: Iterable[ChildRef]) -> dict[str, int]:
     specs = active = supervisors = 0
@@ -1164,10 +1156,6 @@ class DynamicSupervisor(_SupervisorBase):
     async def stop(self) -> None:
         """Stop all children and end :meth:`run`."""
         self._wakeup.set()
-        await self._stopped.wait()
-
-    async def wait_stopped(self) -> None:
-        """Wait until the supervisor has stopped (for any reason)."""
         await self._stopped.wait()
 
 
