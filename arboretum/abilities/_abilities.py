@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
-from .._core._exceptions import ValidationError
+from .. import ValidationError
 from ._builtins import BUILTINS
 from ._exceptions import AbilityError, AbilityNotAllowed
 
@@ -152,8 +152,10 @@ class Abilities:
         return self._entry_points
 
     def _entry_point_problem(self, ep: importlib.metadata.EntryPoint) -> str | None:
-        if ":" in ep.name or (reason := _syntax_error(ep.name)) is not None:
-            return f"its name is not a plain ability name ({reason or 'it contains a colon'})"
+        if ":" in ep.name:
+            return "its name is not a plain ability name (it contains a colon)"
+        if (reason := _syntax_error(ep.name)) is not None:
+            return f"its name is not a plain ability name ({reason})"
         if ep.name in self._builtins:
             return "it would shadow the built-in ability of that name"
         if ep.name in self._registered:

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .._core._exceptions import ArboretumError
+from .. import ArboretumError
 
 __all__ = ["AbilityError", "AbilityNotAllowed"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .._core._exceptions import ArboretumError
+from .. import ArboretumError
 
 __all__ = ["AgentError", "AgentNotRunning", "UnknownResponsibility"]
 

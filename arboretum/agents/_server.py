@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from .._core._server import NOREPLY, Caller, Server
+from .. import NOREPLY, Caller, Server
 from ..abilities import AbilityContext, AbilityLogger
 from ._exceptions import AgentNotRunning, UnknownResponsibility
 from ._results import RunResult
