@@ -30,9 +30,17 @@ from typing import Any
 
 import trio
 
-from . import Backoff, FlapPolicy, PubSub, Registry, ServerExited, ValidationError
+from . import (
+    Backoff,
+    FlapPolicy,
+    PubSub,
+    Registry,
+    ServerExited,
+    ValidationError,
+    open_dynamic_supervisor,
+    open_supervisor,
+)
 from . import child_spec as _child_spec
-from . import open_dynamic_supervisor, open_supervisor
 from .abilities import Abilities
 from .agents import (
     AgentManager,
@@ -314,6 +322,7 @@ async def open_node(
         poll_interval=config.poll_interval_s,
         run_history=config.run_history,
         wall_clock=config.wall_clock,
+        threads=config.store_threads,
     ) as store, _llm(llm_client) as llm, trio.open_nursery() as run_nursery:
         runtime = Runtime(
             store=store,

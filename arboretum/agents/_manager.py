@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from .. import telemetry
-from .. import Backoff, FlapPolicy, SlowSubscriber, child_spec
+from .. import Backoff, FlapPolicy, SlowSubscriber, child_spec, telemetry
 from ..store import CONFIG_FIELDS, AgentCreated, AgentDeleted, AgentRecord, AgentUpdated
 from ._results import LIFECYCLE_TOPIC, AgentLifecycle
 from ._retry import describe_error
@@ -139,8 +138,9 @@ class AgentManager:
                 self._release_barriers()
                 with trio.CancelScope() as self._wait_scope:
                     event = await events.receive()
+                cancelled = self._wait_scope.cancelled_caught
                 self._wait_scope = None
-                if event is None:  # pragma: no cover - receive() never returns None
+                if cancelled:  # woken by barrier(): drain again, then release it
                     continue
             await self._apply(event)
 
