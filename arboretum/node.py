@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -239,21 +239,22 @@ class Node:
         if ref is None:
             raise AgentNotRunning(_not_running_text(record), agent=record.name)
         try:
-            reply = await ref.call(RunRequest(
+            job = await ref.call(RunRequest(
                 responsibility, dict(payload) if payload is not None else None, trigger
             ))
         except ServerExited:
             raise AgentNotRunning(
-                f"agent {record.name!r} stopped before the run could finish", agent=record.name
+                f"agent {record.name!r} stopped before the run could begin", agent=record.name
             ) from None
-        if reply is STOPPED:
+        if isinstance(job, Exception):
+            raise job
+        outcome = await job.wait()
+        if outcome is STOPPED:
             raise AgentNotRunning(
                 f"agent {record.name!r} stopped while this trigger waited in its queue",
                 agent=record.name,
             )
-        if isinstance(reply, Exception):
-            raise reply
-        return reply  # type: ignore[no-any-return]
+        return outcome  # type: ignore[no-any-return]
 
 
 def _not_running_text(record: AgentRecord) -> str:
@@ -311,6 +312,38 @@ async def open_node(
     runs in flight recorded as ``cancelled``), then closes the LLM client and the store.
     """
     config = _settings(database, settings, overrides)
+    try:
+        async with _open_node(config, abilities, llm_client) as node:
+            yield node
+    except BaseExceptionGroup as group:
+        _raise_flat(group)
+
+
+def _raise_flat(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the one exception a group of nurseries wrapped (else the group itself)."""
+    leaves = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    if len(leaves) != 1:
+        raise group
+    leaf = leaves[0]
+    context = leaf.__context__
+    try:
+        raise leaf
+    finally:
+        leaf.__context__ = context
+        del leaf, context
+
+
+@asynccontextmanager
+async def _open_node(
+    config: Settings, abilities: Abilities | None, llm_client: LLMClient | None
+) -> AsyncIterator[Node]:
     logging.getLogger("arboretum").setLevel(config.log_level)
     allow_list = abilities if abilities is not None else Abilities(config.allow)
     pubsub = PubSub()
