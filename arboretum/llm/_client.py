@@ -653,6 +653,8 @@ def _check_endpoint(endpoint: str, provider: str) -> None:
         host = url.host
         if url.scheme not in ("http", "https") or not host:
             raise ValueError("it must be an http:// or https:// URL with a host")
+        if url.port is not None and not 0 < url.port < 65536:
+            raise ValueError(f"port {url.port} is out of range (1-65535)")
         if ":" not in host:  # not an IPv6 literal
             # The resolver encodes the name with the idna codec, which refuses empty or
             # over-long labels ("a..b") that httpx itself lets through.
