@@ -861,7 +861,8 @@ async def test_redirects_are_never_followed_even_by_a_callers_client(
     # host, and the key sent there.
     monkeypatch.setenv(KEY_VAR, CANARY)
     async with open_fake_llm_server() as elsewhere:
-        target = f"{elsewhere.base_url}{'/v1/messages' if provider == 'anthropic' else '/v1/chat/completions'}"
+        path = "/v1/messages" if provider == "anthropic" else "/v1/chat/completions"
+        target = elsewhere.base_url + path
         server.push(raw(status, b"", {"location": target}))
         async with httpx.AsyncClient(follow_redirects=True) as http:
             async with open_llm_client(http_client=http) as client:
