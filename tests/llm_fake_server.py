@@ -92,7 +92,12 @@ class RecordedRequest:
 
     @property
     def api(self) -> str:
-        return "anthropic" if self.path == ANTHROPIC_PATH else "openai"
+        return "anthropic" if self.route == ANTHROPIC_PATH else "openai"
+
+    @property
+    def route(self) -> str:
+        """The path without its query string."""
+        return self.path.partition("?")[0]
 
     def user_text(self) -> str:
         """The content of the last user message."""
@@ -198,7 +203,7 @@ class FakeLLMServer:
             return False
         if behavior.delay and not await self._wait_unless_hung_up(stream, behavior.delay):
             return False
-        if request.path not in (OPENAI_PATH, ANTHROPIC_PATH):
+        if request.route not in (OPENAI_PATH, ANTHROPIC_PATH):
             await self._send(conn, stream, 404, b'{"error": "not found"}', {})
             return True
         if behavior.kind == "error":

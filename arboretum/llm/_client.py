@@ -186,7 +186,8 @@ class BoundLLM:
 
     Attributes:
         config: the checked configuration.
-        endpoint_url: the base URL in use (configured or the provider's default).
+        endpoint_url: the base URL in use (configured or the provider's default), without
+            the query string if the configured one had one.
     """
 
     def __init__(self, client: LLMClient, config: LLMConfig, provider: Provider) -> None:
@@ -194,8 +195,11 @@ class BoundLLM:
         self._provider = provider
         self.config = config
         endpoint = config.endpoint_url or provider.default_endpoint or ""
-        self.endpoint_url = endpoint.rstrip("/")
-        _check_endpoint(self.endpoint_url, config.provider)
+        # A query (Azure's "?api-version=...") is kept apart: the provider appends its path
+        # to the base URL, and the query, which may hold a signature, is never shown.
+        base, _, query = endpoint.partition("?")
+        self.endpoint_url = base.rstrip("/")
+        self._query = _check_endpoint(self.endpoint_url, query, config.provider)
 
     @property
     def provider(self) -> str:
@@ -416,6 +420,9 @@ class BoundLLM:
         timeout = self.config.timeout_s
         label = f"{provider} {self.config.model}"
         limit = self._client.max_response_bytes
+        url: str | httpx.URL = request.url
+        if self._query is not None:
+            url = httpx.URL(request.url).copy_merge_params(self._query)
         headers = dict(request.headers)
         if not any(k.lower() == "content-type" for k in headers):
             headers["content-type"] = "application/json"
@@ -427,7 +434,7 @@ class BoundLLM:
             try:
                 async with self._client._http.stream(
                     "POST",
-                    request.url,
+                    url,
                     headers=headers,
                     content=body,
                     timeout=httpx.Timeout(timeout),
@@ -643,13 +650,17 @@ def _new_http_client() -> httpx.AsyncClient:
     )
 
 
-def _check_endpoint(endpoint: str, provider: str) -> None:
-    """Refuse, at bind time, an endpoint URL httpx could not send a request to."""
+def _check_endpoint(endpoint: str, query: str, provider: str) -> httpx.QueryParams | None:
+    """Refuse, at bind time, an endpoint URL httpx could not send a request to.
+
+    Returns the query parameters to add to every request URL, if the endpoint had a query.
+    """
     if not endpoint:
-        return
+        return None
     shown = safe_url(endpoint)
     try:
         url = httpx.URL(endpoint + "/")
+        params = httpx.QueryParams(query) if query else None
         host = url.host
         if url.scheme not in ("http", "https") or not host:
             raise ValueError("it must be an http:// or https:// URL with a host")
@@ -666,14 +677,15 @@ def _check_endpoint(endpoint: str, provider: str) -> None:
             f"{type(exc).__name__}: {message}",
             provider=provider,
         ) from None
-    if url.userinfo or url.query or url.fragment:
-        # Never repeat the URL as written: the user part or the query may hold a key.
+    if url.userinfo or url.fragment or "#" in query:
+        # Never repeat the URL as written: the user part may hold a key.
         raise LLMConfigError(
             f"invalid llm_config: llm_config.endpoint_url {shown!r} must be a base URL "
-            "without a user part, a query or a fragment; keys belong in the environment "
+            "without a user name, password or #fragment; keys belong in the environment "
             "variable named by api_key_env_var",
             provider=provider,
         )
+    return params
 
 
 def _text(value: Any, where: str, provider: str) -> str:
