@@ -236,14 +236,15 @@ class AgentManager:
         self._running[record.id] = record
 
     async def _stop(self, agent_id: int, child: Any) -> None:
+        started_as = self._running.get(agent_id) or self.records.get(agent_id)
+        name = started_as.name if started_as is not None else str(agent_id)
         self._drop(agent_id)
         try:
             await self.supervisor.terminate_child(child)
         except Exception as exc:  # ChildNotFound: it gave up or stopped meanwhile
-            logger.debug("agent %s was already stopped: %s", agent_id, describe_error(exc))
+            logger.debug("agent %s was already stopped: %s", name, describe_error(exc))
             return
-        record = self.records.get(agent_id)
-        self._lifecycle("stopped", agent_id, record.name if record else str(agent_id))
+        self._lifecycle("stopped", agent_id, name)
 
     def _drop(self, agent_id: int) -> None:
         self._children.pop(agent_id, None)
