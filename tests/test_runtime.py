@@ -104,6 +104,28 @@ async def test_lifecycle_follows_the_store(db: Path, autojump_clock: Any) -> Non
         assert stats["running"] == 0 and stats["restarts"] == 0
 
 
+async def test_stopped_agents_leave_no_task_registration_or_subscription(
+    db: Path, autojump_clock: Any
+) -> None:
+    async with virtual_node(db) as node:
+        baseline_subs = node.pubsub.subscriber_count("agents:changed")
+        for i in range(5):
+            await node.store.create_agent(agent(f"a{i}", resp={"schedule": "* * * * *"}))
+        await node.sync()
+        await node.trigger("a0", "run")
+        await trio.sleep(130)  # two ticks each
+        assert len(node.runtime.nursery.child_tasks) == 5  # one companion per scheduled agent
+        for i in range(5):
+            await node.store.change_agent_status(f"a{i}", "inactive")
+        await node.sync()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(node.runtime.nursery.child_tasks) == 0
+        assert node.registry.count() == 0
+        assert node.manager.supervisor.which_children() == []
+        assert node.pubsub.subscriber_count("agents:changed") == baseline_subs
+        assert node.statistics()["runs"] == 11
+
+
 async def test_existing_active_agents_run_when_the_node_opens(db: Path, autojump_clock: Any
                                                                ) -> None:
     async with virtual_node(db) as node:
