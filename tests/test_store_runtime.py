@@ -148,7 +148,7 @@ def make_v2_file(path: str) -> None:
         conn.execute("INSERT INTO agents (name) VALUES ('old')")
         for i, status in enumerate(["ok", "error", "weird", "cancelled"], start=1):
             conn.execute(
-                "INSERT INTO agent_runs (agent_id, responsibility, ability, \"trigger\", status,"
+                'INSERT INTO agent_runs (agent_id, responsibility, ability, "trigger", status,'
                 " error, inserted_at) VALUES (1, 'r', 'echo', 'manual', ?, ?, ?)",
                 (status, "boom" if status == "weird" else None, f"2025-01-01 10:00:0{i}"),
             )
@@ -175,7 +175,7 @@ async def test_v2_file_is_migrated_to_v3_keeping_runs_and_ids(db_path):
         # The CHECK refuses a status that is not one of the six, even by hand.
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             conn.execute(
-                "INSERT INTO agent_runs (agent_id, responsibility, ability, \"trigger\","
+                'INSERT INTO agent_runs (agent_id, responsibility, ability, "trigger",'
                 " status, inserted_at) VALUES (1, 'r', 'echo', 'manual', 'bogus', 'now')"
             )
 
