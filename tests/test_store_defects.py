@@ -99,6 +99,30 @@ async def test_external_change_is_reported_before_our_update_and_delete(db_path)
         assert got[0].external and got[1].agent.status == "inactive"
 
 
+async def test_an_update_racing_another_process_is_merged_again(db_path):
+    async with (
+        open_store(db_path, poll_interval=NO_POLL) as node,
+        node.subscribe_agents_changed() as events,
+    ):
+        agent = await node.create_agent(ECHO)
+        drain(events)
+        seen: list[dict[str, object]] = []
+
+        def other_process_writes_once(normalized):
+            seen.append(dict(normalized["prompts"]))
+            if len(seen) == 1:  # between our read and our write
+                external(db_path, 'UPDATE agents SET abilities = \'["echo", "x"]\'')
+            return {}
+
+        node.add_validator(other_process_writes_once)
+        updated = await node.update_agent(agent, {"prompts": {"system": "ours"}})
+        assert len(seen) == 2  # validated again on the row as it now is
+        assert updated.abilities == ["echo", "x"] and updated.prompts == {"system": "ours"}
+        theirs, ours = drain(events)
+        assert theirs.external and theirs.changed_fields == {"abilities"}
+        assert ours.previous == theirs.agent and ours.changed_fields == {"prompts"}
+
+
 # -- 2. hand edits that cannot be decoded are reported, never fatal --------------------------
 
 
@@ -503,6 +527,31 @@ async def test_a_deleted_file_refuses_writes_instead_of_losing_them(tmp_path, db
         await _make_backup(backup)
         _replace(backup, db_path)
         assert sorted(a.name for a in await node.list_agents()) == ["a", "restored"]
+
+
+async def test_the_poller_reports_a_deleted_file_once_and_recovers(tmp_path, db_path, caplog):
+    caplog.set_level("WARNING", logger="arboretum.store")
+    async with open_store(db_path, poll_interval=0.01) as node:
+        await node.create_agent(ECHO)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(db_path + suffix):
+                os.remove(db_path + suffix)
+        polls = node.statistics()["polls"]
+        with trio.fail_after(5):
+            while node.statistics()["polls"] < polls + 10:
+                await trio.sleep(0.01)
+        messages = [r.getMessage() for r in caplog.records if "change feed" in r.getMessage()]
+        assert len(messages) == 1 and "deleted" in messages[0]
+        backup = str(tmp_path / "backup.db")
+        await _make_backup(backup)
+        async with node.subscribe_agents_changed() as events:
+            _replace(backup, db_path)
+            with trio.fail_after(5):
+                event = await events.receive()
+        assert event.external and event.agent.name in ("restored", "a")
+        assert [r.getMessage() for r in caplog.records if "change feed" in r.getMessage()][
+            -1
+        ] == "change feed: working again"
 
 
 async def test_a_file_replaced_during_a_write_is_never_acknowledged(tmp_path, db_path, monkeypatch):

@@ -625,8 +625,8 @@ class SQLiteBackend:
 
     def poll(self) -> int:
         """Check for other connections' commits; append their events. Returns how many."""
-        self._check_file()
         self.polls += 1
+        self._check_file()
         return self._poll()
 
     def _poll(self, initial: bool = False) -> int:

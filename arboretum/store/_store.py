@@ -647,6 +647,7 @@ class Store:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
+        problem: str | None = None
         while not self._closed:
             await trio.sleep(self.poll_interval)
             try:
@@ -656,7 +657,14 @@ class Store:
             except StoreError as exc:
                 # A lock held past the busy timeout, a transient I/O error, a file that was
                 # deleted: the next poll tries again, and nothing is lost (the diff catches up).
-                logger.warning("change feed: %s; retrying in %.2fs", exc, self.poll_interval)
+                # Said once per problem, not once per poll.
+                if str(exc) != problem:
+                    problem = str(exc)
+                    logger.warning("change feed: %s; retrying every %.2fs", exc, self.poll_interval)
+            else:
+                if problem is not None:
+                    logger.warning("change feed: working again")
+                    problem = None
 
     async def integrity_check(self) -> list[str]:
         """Run ``PRAGMA integrity_check``; ``["ok"]`` means the file is sound.
