@@ -402,7 +402,7 @@ async def _llm(client: LLMClient | None) -> AsyncIterator[LLMClient]:
 
 async def _serve_web(node: Node, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
                      ) -> None:
-    from .web import serve_web
+    from .web import serve_web  # type: ignore[import-not-found, unused-ignore]
 
     async with trio.open_nursery() as nursery:
         info = await nursery.start(functools.partial(serve_web, node))

@@ -17,9 +17,10 @@ def test_embedded_node_example(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert sorted(lines[:3]) == ["agent echo-agent started", "agent heartbeat started",
-                                 "agent summarizer started"]
-    assert lines[3] == f"node on {db}: 3 demo agents created, 3 agents in all"
+    # lifecycle lines come from another task: their place among the others may vary
+    for name in ("echo-agent", "heartbeat", "summarizer"):
+        assert lines.count(f"agent {name} started") == 1
+    assert f"node on {db}: 3 demo agents created, 3 agents in all" in lines
     assert "echo-agent answered {'data': 'hello'}" in lines
     assert "run echo-agent/echo_test/echo: ok ({\"data\": \"hello\"})" in lines
     summary = next(line for line in lines if line.startswith("summarizer: "))

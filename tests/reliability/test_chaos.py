@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import os
 import random
-import subprocess
 import sys
 import textwrap
 from collections import Counter, deque
