@@ -142,7 +142,7 @@ class Node:
             status=record.status,
             running=running,
             restarts=self.manager.restarts.get(record.id, 0),
-            last_error=record.last_error,
+            last_error=_error_of(record),
             last_run_at=self.runtime.last_run_at.get(record.id),
             next_runs=self._next_runs(record) if running else {},
         )
@@ -257,7 +257,16 @@ class Node:
         return outcome  # type: ignore[no-any-return]
 
 
+def _error_of(record: AgentRecord) -> str | None:
+    if record.unreadable:
+        fields = "; ".join(f"{k}: {v}" for k, v in sorted(record.unreadable.items()))
+        return f"the stored row cannot be read, so the agent does not run ({fields})"
+    return record.last_error
+
+
 def _not_running_text(record: AgentRecord) -> str:
+    if record.unreadable:
+        return f"agent {record.name!r}: {_error_of(record)}"
     if record.status == "disabled_flapping":
         return (f"agent {record.name!r} is disabled_flapping (it crash-looped: "
                 f"{record.last_error}); set its status to active to run it again")

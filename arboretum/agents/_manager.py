@@ -201,7 +201,7 @@ class AgentManager:
         if child is not None and child.state in ("stopped", "gave_up"):
             self._drop(agent_id)
             child = None
-        want = record is not None and record.status == "active"
+        want = record is not None and record.active  # never an undecodable row
         if not want:
             if child is not None:
                 await self._stop(agent_id, child)
