@@ -52,7 +52,7 @@ from .agents import (
     Runtime,
     UnknownResponsibility,
 )
-from .agents._schedule import preview_next_runs
+from .agents._schedule import aware_utc, preview_next_runs
 from .agents._server import STOPPED
 from .llm import LLMClient, open_llm_client
 from .settings import Settings
@@ -375,6 +375,9 @@ async def _open_node(
             timezone=config.tzinfo,
             counters=RunCounters(trio.current_time),
             record_grace_s=max(1.0, config.shutdown_grace_s),
+        )
+        runtime.last_run_at.update(
+            {agent_id: aware_utc(when) for agent_id, when in (await store.last_run_times()).items()}
         )
         node = Node(config, store, pubsub, registry, allow_list, llm, runtime)
         try:

@@ -173,6 +173,10 @@ async def test_trigger_echo_records_a_run(db: Path, autojump_clock: Any) -> None
         assert node.agent_state("echo-agent").last_run_at is not None
         assert node.statistics()["runs"] == 1
         assert result.to_dict()["value"] == {"a": 1, "b": 3}
+        last_run_at = node.agent_state("echo-agent").last_run_at
+    async with virtual_node(db) as node:  # a new node reads the last run time from the store
+        assert node.agent_state("echo-agent").last_run_at == last_run_at
+        assert node.statistics()["runs"] == 0
 
 
 async def test_trigger_refusals(db: Path, autojump_clock: Any) -> None:
