@@ -64,7 +64,6 @@ class _Job:
     key: str
     payload: dict[str, Any] | None
     trigger: str
-    waited: bool
     scheduled_for: datetime | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
@@ -152,16 +151,10 @@ class AgentServer(Server):
                     return AgentNotRunning(
                         f"agent {self.record.name!r} is stopping", agent=self.record.name
                     )
-                job = _Job(key, payload, trigger, True)
+                job = _Job(key, payload, trigger)
                 self._enqueue(job)
                 return job
-            case "next_runs":
-                return {s.key: s.next_tick for s in self.schedules if s.next_tick is not None}
-            case "queue":
-                return [job.key for job in self._queue], (
-                    self._current.key if self._current else None
-                )
-        raise ValueError(f"unknown request {request!r}")
+        raise ValueError(f"an AgentServer takes RunRequest calls, not {request!r}")
 
     def _enqueue(self, job: _Job) -> None:
         self._start_companion()
@@ -410,20 +403,20 @@ class AgentServer(Server):
             )
         schedule.advance(last)
         if self._busy_with(schedule.key):
-            job = _Job(schedule.key, None, "schedule", False, scheduled_for=last)
+            job = _Job(schedule.key, None, "schedule", scheduled_for=last)
             await self._record(
                 job, schedule.ability, "skipped", 0, 0.0,
                 f"the tick of {last.isoformat()} arrived while the previous run of "
                 f"{schedule.key!r} was still going",
             )
             return
-        self._enqueue(_Job(schedule.key, None, "schedule", False, scheduled_for=last))
+        self._enqueue(_Job(schedule.key, None, "schedule", scheduled_for=last))
 
     async def _record_missed(
         self, schedule: Schedule, count: int, first: datetime, last: datetime, why: str
     ) -> None:
         more = "+" if count >= 100_000 else ""
-        job = _Job(schedule.key, None, "schedule", False, scheduled_for=last)
+        job = _Job(schedule.key, None, "schedule", scheduled_for=last)
         await self._record(
             job, schedule.ability, "missed", 0, 0.0,
             f"missed {count}{more} tick{'s' if count != 1 else ''} of {schedule.expr!r} "
@@ -456,7 +449,7 @@ class AgentServer(Server):
                 schedule.grace_s is None or late <= schedule.grace_s
             ):
                 schedule.advance(last)
-                self._enqueue(_Job(schedule.key, None, "schedule", False, scheduled_for=last))
+                self._enqueue(_Job(schedule.key, None, "schedule", scheduled_for=last))
             else:
                 why = "the agent was not running"
                 if schedule.misfire == "run_once":
