@@ -323,6 +323,17 @@ class PubSub:
             from_ = from_.owner
         return self._dispatch(topic, message, from_)
 
+    def close_topic(self, topic: str) -> int:
+        """Close every subscription to ``topic`` (each ends once its buffer is read).
+
+        Returns:
+            How many subscriptions were closed.
+        """
+        subs = list(self._topics.get(topic, ()))
+        for sub in subs:
+            sub.close()
+        return len(subs)
+
     def subscriber_count(self, topic: str) -> int:
         """How many live subscriptions ``topic`` has."""
         return len(self._topics.get(topic, ()))

@@ -15,6 +15,7 @@ Lookups are plain dict reads: they never await and never return an entry whose o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -134,19 +135,20 @@ class _TaskExitWatch(trio.abc.Instrument):
 
     Installed once per trio run, the first time an entry is owned by a task. trio calls
     ``task_exited`` right after the task finished and before any other task runs, so nobody
-    can observe an entry whose owning task is gone. ``owners`` maps a task to the registries
-    it has (or had) entries in; it is only trimmed when the task exits, which keeps
-    unregistering free of bookkeeping and costs one dict pop per task exit.
+    can observe an entry whose owning task is gone. ``owners`` maps a task to *weak*
+    references to the registries it has entries in: the watch never keeps a registry alive,
+    and a registry drops its reference when the task's last entry in it goes.
     """
 
     def __init__(self) -> None:
-        self.owners: dict[trio.lowlevel.Task, dict[Registry, None]] = {}
+        self.owners: dict[trio.lowlevel.Task, dict[weakref.ref[Registry], None]] = {}
 
     def task_exited(self, task: trio.lowlevel.Task) -> None:
         registries = self.owners.pop(task, None)
         if registries:
-            for registry in registries:
-                if task in registry._by_owner:
+            for ref in registries:
+                registry = ref()
+                if registry is not None and task in registry._by_owner:
                     registry._owner_exited(task)
 
 
@@ -162,9 +164,21 @@ def _watch_task(registry: Registry, task: trio.lowlevel.Task) -> None:
         trio.lowlevel.add_instrument(watch)
     registries = watch.owners.get(task)
     if registries is None:
-        watch.owners[task] = {registry: None}
+        watch.owners[task] = {registry._weakself: None}
     else:
-        registries[registry] = None
+        registries[registry._weakself] = None
+
+
+def _unwatch_task(registry: Registry, task: trio.lowlevel.Task) -> None:
+    try:
+        watch = _TASK_WATCH.get()
+    except LookupError:
+        return
+    registries = watch.owners.get(task)
+    if registries is not None:
+        registries.pop(registry._weakself, None)
+        if not registries:
+            del watch.owners[task]
 
 
 class Registry:
@@ -184,6 +198,7 @@ class Registry:
     """
 
     __slots__ = (
+        "__weakref__",
         "_by_owner",
         "_count",
         "_entries",
@@ -192,6 +207,7 @@ class Registry:
         "_meta",
         "_unique",
         "_waiters",
+        "_weakself",
         "keys_mode",
     )
 
@@ -210,6 +226,7 @@ class Registry:
         self._waiters: dict[Any, dict[trio.lowlevel.Task, None]] = {}
         self._listeners = 0
         self._events: PubSub | None = None
+        self._weakself = weakref.ref(self)
 
     def __repr__(self) -> str:
         return f"<Registry keys={self.keys_mode!r} entries={self._count}>"
@@ -290,10 +307,13 @@ class Registry:
             del entries[registration]
             if not entries:
                 del self._entries[key]
-        owned = self._by_owner[registration.owner]
+        owner = registration.owner
+        owned = self._by_owner[owner]
         del owned[registration]
         if not owned:
-            del self._by_owner[registration.owner]
+            del self._by_owner[owner]
+            if type(owner) is trio.lowlevel.Task:
+                _unwatch_task(self, owner)
         self._count -= 1
         if self._listeners:
             self._emit("unregister", registration)
@@ -494,10 +514,14 @@ class Registry:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
-            found = self._entries.get(key)
-            if found is not None:
+            if key in self._entries:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return found.value if self._unique else next(iter(found)).value
+                # Read after the schedule point: the entry may have gone meanwhile, and a
+                # lookup must never return a dead owner's value.
+                found = self._entries.get(key)
+                if found is not None:
+                    return found.value if self._unique else next(iter(found)).value
+                continue
             task = trio.lowlevel.current_task()
             self._waiters.setdefault(key, {})[task] = None
 

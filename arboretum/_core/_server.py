@@ -403,8 +403,10 @@ async def _serve(
         try:
             await server.init(*args, **kwargs)
         except BaseException as exc:
-            ref._die(exc if isinstance(exc, Exception) else Killed())
-            on_started(_start_error(type(server), exc))
+            failure = exc if isinstance(exc, Exception) else Killed()
+            ref._die(failure)
+            # A cancelled init's documented reason is Killed, never trio.Cancelled.
+            on_started(_start_error(type(server), failure))
             if not isinstance(exc, Exception):
                 raise
             return False

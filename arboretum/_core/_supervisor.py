@@ -40,7 +40,7 @@ from ._exceptions import (
     ValidationError,
 )
 from ._pubsub import PubSub, Subscription
-from ._server import ServerRef, _new_server, _serve, is_clean
+from ._server import _new_server, _serve, is_clean
 from ._spec import Backoff, ChildSpec, FlapPolicy, as_spec, restart_policy_errors
 from ._util import raise_flat
 
@@ -65,11 +65,17 @@ _AUTO_SHUTDOWNS = ("never", "any_significant", "all_significant")
 _NOT_STARTED: Final = object()
 # "retrying" (a restart failed; the retry is queued) shows as "restarting" to users.
 _WAITING: Final = ("restarting", "retrying")
-_BUSY: Final = ("running", "starting", "restarting", "retrying")
+# "exited": the crash is queued for the supervisor's task; OTP still answers "running".
+_BUSY: Final = ("running", "starting", "exited", "restarting", "retrying")
 
 
 def _public_state(state: str) -> str:
     return "restarting" if state == "retrying" else state
+
+
+def _busy_state(state: str) -> str:
+    """The state a ChildRunning error reports."""
+    return "running" if state == "exited" else _public_state(state)
 
 
 _EVENT_TOPIC: Final = "children"
@@ -285,6 +291,8 @@ class _SupervisorBase:
         if self._events is None:
             self._events = PubSub(buffer=buffer)
         async with self._events.subscribe(_EVENT_TOPIC, buffer=buffer) as sub:
+            if self._stopped.is_set():
+                sub.close()  # no event will ever come
             yield sub
 
     def _emit(
@@ -326,8 +334,7 @@ class _SupervisorBase:
     def _close_subscriptions(self) -> None:
         """End every ``subscribe()`` iteration once its buffered events are read."""
         if self._events is not None:
-            for sub in list(self._events._topics.get(_EVENT_TOPIC, ())):
-                sub.close()
+            self._events.close_topic(_EVENT_TOPIC)
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -426,6 +433,11 @@ class _SupervisorBase:
             exc_info=reason if not isinstance(reason, Killed) else None,
         )
 
+    def _log_stop_failure(self, child: ChildRef, reason: BaseException | None) -> None:
+        """Log a child that failed while being stopped (its ``terminate`` raised)."""
+        if not isinstance(reason, Killed):
+            self._log_crash(child, reason, "failed while shutting down")
+
     def _label(self) -> str:
         return f"{type(self).__name__} {self.name}" if self.name else type(self).__name__
 
@@ -520,7 +532,6 @@ class _SupervisorBase:
 
     async def _stop_child(self, child: ChildRef) -> None:
         """Stop one child within its shutdown grace; return once its task has finished."""
-        was_running = child._running
         self._signal_stop(child)
         grace = child.spec.shutdown
         if child._running and isinstance(grace, float):
@@ -529,11 +540,6 @@ class _SupervisorBase:
             if child._running and child.scope is not None:
                 child.scope.cancel()
         await child._wait_done()
-        ref = child.ref
-        if was_running and isinstance(ref, ServerRef):
-            reason = ref.exit_reason
-            if not is_clean(reason) and not isinstance(reason, Killed):
-                self._log_crash(child, reason, "failed while shutting down")
 
 
 class _StartCallback:
@@ -550,12 +556,17 @@ class _StartCallback:
 
 
 def _child_start_error(child: ChildRef, cause: BaseException) -> StartError:
-    if isinstance(cause, StartError) and cause.child_id is not None:
+    """The StartError for ``child``: it names this supervisor's own child, never a grandchild
+    (a nested supervisor's StartError becomes the cause)."""
+    if isinstance(cause, StartError) and cause.child_id == child.id:
         return cause
     err = StartError(
         f"child {child.id!r} failed to start: {type(cause).__name__}: {cause}", child_id=child.id
     )
-    err.__cause__ = cause.__cause__ if isinstance(cause, StartError) else cause
+    if isinstance(cause, StartError) and cause.child_id is None:
+        err.__cause__ = cause.__cause__
+    else:
+        err.__cause__ = cause
     return err
 
 
@@ -813,6 +824,12 @@ class Supervisor(_SupervisorBase):
             child._state = "stopped"
         elif child.expected_exit:
             child._state = "stopped"
+            self._log_stop_failure(child, result)
+            self._emit("exited", child, result)
+        elif self._closing:
+            # Crashed during the shutdown, before its turn to be stopped: report it anyway.
+            child._state = "stopped"
+            self._log_crash(child, result, "crashed")
             self._emit("exited", child, result)
         else:
             child._state = "exited"
@@ -897,7 +914,7 @@ class Supervisor(_SupervisorBase):
             self._check_open()
             child = self._find(child_id)
             if child._state in _BUSY:
-                raise ChildRunning(child_id, _public_state(child._state))
+                raise ChildRunning(child_id, _busy_state(child._state))
             child._flaps = None
             child._consecutive = 0
             try:
@@ -917,7 +934,7 @@ class Supervisor(_SupervisorBase):
         async with self._lock:
             child = self._find(child_id)
             if child._state in _BUSY:
-                raise ChildRunning(child_id, _public_state(child._state))
+                raise ChildRunning(child_id, _busy_state(child._state))
             self._children.remove(child)
 
     def get_childspec(self, child_id: Hashable) -> ChildSpec:
@@ -1122,6 +1139,7 @@ class DynamicSupervisor(_SupervisorBase):
                 result = await self._run_once(child)
                 if child.expected_exit or self._closing:
                     if result is not _NOT_STARTED:
+                        self._log_stop_failure(child, result)
                         self._emit("exited", child, result)
                     break
                 child._state = "stopped"
@@ -1296,11 +1314,12 @@ def supervisor_spec(
     """
     from ._spec import child_spec
 
+    children = tuple(children)  # iterated twice: a generator would be empty the second time
     Supervisor(children, **options)  # validate now, not at start time
     return child_spec(
         _run_nested,
         Supervisor,
-        (tuple(children),),
+        (children,),
         options,
         id=id,
         restart=restart,

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import NoReturn
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
-
-
 def raise_flat(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    """Re-raise the only exception inside ``group`` by itself, else the group.
+    """Re-raise a nursery's only exception by itself, else the nursery's group.
 
-    Called from an ``except BaseExceptionGroup`` block at an API boundary, so that users get
-    one meaningful exception (with its own ``__cause__``) rather than a group of one.
+    Called from an ``except BaseExceptionGroup`` block right around a nursery, at an API
+    boundary, so that users get one meaningful exception (with its own ``__cause__``) rather
+    than a group of one. Only the nursery's own wrapper is removed: an exception group that
+    the code inside raised arrives exactly as it was raised.
     """
-    leaves = list(_leaves(group))
-    if len(leaves) != 1:
+    if len(group.exceptions) != 1:
         raise group
-    exc = leaves[0]
+    exc = group.exceptions[0]
     context = exc.__context__
     try:
         raise exc
