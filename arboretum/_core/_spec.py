@@ -1,4 +1,4 @@
-"""Child specifications, restart backoff and flap detection policies."""
+"""Child specifications: how a supervisor starts, restarts and stops one child."""
 
 from __future__ import annotations
 
@@ -8,91 +8,32 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._exceptions import ValidationError
+from ._policy import Backoff, FlapPolicy, Restart, restart_policy_errors
 from ._server import Server
 
 if TYPE_CHECKING:
     from ._registry import Via
 
-__all__ = ["Backoff", "ChildSpec", "FlapPolicy", "child_spec"]
+__all__ = ["ChildSpec", "ShutdownGrace", "child_spec"]
 
-Restart = Literal["permanent", "transient", "temporary"]
-Shutdown = float | Literal["brutal_kill"] | None
+ShutdownGrace = float | Literal["brutal_kill"] | None
+"""A child's shutdown: seconds of grace, ``"brutal_kill"``, or ``None`` (wait forever)."""
+
 _RESTARTS = ("permanent", "transient", "temporary")
 _DEFAULT: Any = object()
+_BUILTIN_DEFAULTS: dict[str, Any] = {
+    "restart": "permanent",
+    "type": None,
+    "significant": False,
+    "name": None,
+    "restart_delay": None,
+    "flap": None,
+}
 type_ = type
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential restart delay with a cap, reset after a quiet period.
-
-    The n-th consecutive restart of a child waits ``initial * multiplier**(n-1)`` seconds,
-    at most ``maximum``. A child that ran ``reset_after`` seconds without crashing starts
-    again from ``initial``.
-    """
-
-    initial: float = 0.1
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    reset_after: float = 60.0
-
-    def __post_init__(self) -> None:
-        errors: dict[str, list[str]] = {}
-        if not _is_number(self.initial) or self.initial < 0:
-            errors["initial"] = ["must be a number of seconds >= 0"]
-        if not _is_number(self.maximum) or self.maximum < 0:
-            errors["maximum"] = ["must be a number of seconds >= 0"]
-        if not _is_number(self.multiplier) or self.multiplier < 1:
-            errors["multiplier"] = ["must be a number >= 1"]
-        if not _is_number(self.reset_after) or self.reset_after <= 0:
-            errors["reset_after"] = ["must be a number of seconds > 0"]
-        if errors:
-            raise ValidationError({f"restart_delay.{k}": v for k, v in errors.items()})
-
-    def delay(self, consecutive: int) -> float:
-        """The delay before the ``consecutive``-th restart in a row (1-based)."""
-        if consecutive <= 0:
-            return 0.0
-        return float(min(self.maximum, self.initial * self.multiplier ** (consecutive - 1)))
-
-
-@dataclass(frozen=True, slots=True)
-class FlapPolicy:
-    """Give a child up after more than ``max_restarts`` restarts within ``within`` seconds.
-
-    A child with a flap policy is judged by it *instead of* its supervisor's shared restart
-    intensity, so one crash-looping child is stopped alone ("gave up" event) and cannot use
-    up the budget of its siblings and take the whole supervisor down.
-    """
-
-    max_restarts: int = 5
-    within: float = 60.0
-
-    def __post_init__(self) -> None:
-        errors: dict[str, list[str]] = {}
-        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
-            errors["flap.max_restarts"] = ["must be an int >= 0"]
-        if not _is_number(self.within) or self.within <= 0:
-            errors["flap.within"] = ["must be a number of seconds > 0"]
-        if errors:
-            raise ValidationError(errors)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def restart_policy_errors(restart_delay: object, flap: object) -> dict[str, list[str]]:
-    """Check ``restart_delay`` and ``flap`` (child specs and supervisor defaults alike)."""
-    errors: dict[str, list[str]] = {}
-    if restart_delay is not None and not isinstance(restart_delay, Backoff):
-        if not _is_number(restart_delay) or restart_delay < 0:  # type: ignore[operator]
-            errors["restart_delay"] = [
-                f"must be seconds >= 0 or an arboretum.Backoff; got {restart_delay!r}"
-            ]
-    if flap is not None and not isinstance(flap, FlapPolicy):
-        errors["flap"] = [f"must be an arboretum.FlapPolicy; got {flap!r}"]
-    return errors
 
 
 def _accepts_task_status(fn: Callable[..., Any]) -> bool:
@@ -113,7 +54,7 @@ class ChildSpec:
     args: tuple[Any, ...] = ()
     id: Hashable = None
     restart: Restart = "permanent"
-    shutdown: Shutdown = 5.0
+    shutdown: ShutdownGrace = 5.0
     type: Literal["worker", "supervisor"] = "worker"
     significant: bool = False
     name: Via | None = None
@@ -152,13 +93,13 @@ def child_spec(
     start: Any,
     *args: Any,
     id: Hashable = None,
-    restart: Restart = "permanent",
-    shutdown: Shutdown | Literal["infinity"] | int = _DEFAULT,
-    type: Literal["worker", "supervisor"] | None = None,
-    significant: bool = False,
-    name: Via | None = None,
-    restart_delay: float | Backoff | None = None,
-    flap: FlapPolicy | None = None,
+    restart: Restart = _DEFAULT,
+    shutdown: ShutdownGrace | Literal["infinity"] | int = _DEFAULT,
+    type: Literal["worker", "supervisor"] | None = _DEFAULT,
+    significant: bool = _DEFAULT,
+    name: Via | None = _DEFAULT,
+    restart_delay: float | Backoff | None = _DEFAULT,
+    flap: FlapPolicy | None = _DEFAULT,
 ) -> ChildSpec:
     """Describe a child for a supervisor.
 
@@ -181,11 +122,39 @@ def child_spec(
         restart_delay: seconds to wait before restarting, or a :class:`Backoff`.
         flap: a :class:`FlapPolicy`; the child is given up when it flaps.
 
+    An option left out takes the Server class's ``child_defaults``, then the default above.
+
     Raises:
         ValidationError: a field is invalid; ``.errors`` says which and what is accepted.
     """
     errors: dict[str, list[str]] = {}
     is_server = isinstance(start, type_) and issubclass(start, Server)
+    defaults = start.child_defaults if is_server else _NO_DEFAULTS
+    if (
+        restart is _DEFAULT
+        or shutdown is _DEFAULT
+        or type is _DEFAULT
+        or significant is _DEFAULT
+        or name is _DEFAULT
+        or restart_delay is _DEFAULT
+        or flap is _DEFAULT
+    ):
+        unknown = set(defaults) - set(_SPEC_KEYS)
+        if unknown:
+            errors["child_defaults"] = [f"unknown child spec keys: {', '.join(sorted(unknown))}"]
+
+        def pick(key: str, value: Any) -> Any:
+            if value is not _DEFAULT:
+                return value
+            return defaults.get(key, _BUILTIN_DEFAULTS.get(key, _DEFAULT))
+
+        restart = pick("restart", restart)
+        shutdown = pick("shutdown", shutdown)
+        type = pick("type", type)
+        significant = pick("significant", significant)
+        name = pick("name", name)
+        restart_delay = pick("restart_delay", restart_delay)
+        flap = pick("flap", flap)
     if start is None:
         errors["start"] = ["is required: a Server subclass or an async function"]
     elif not is_server and not callable(start):
@@ -240,6 +209,7 @@ def as_spec(start: Any, args: tuple[Any, ...] = ()) -> ChildSpec:
         if args:
             return replace(start, args=start.args + tuple(args))
         return start
-    if isinstance(start, type_) and issubclass(start, Server):
-        return start.child_spec(*args)
     return child_spec(start, *args)
+
+
+_NO_DEFAULTS: dict[str, Any] = {}

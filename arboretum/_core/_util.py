@@ -2,7 +2,42 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
+
+
+def public_module(
+    namespace: Mapping[str, Any],
+    names: Iterable[str],
+    module: str,
+    *,
+    private: str | None = None,
+    classes_only: bool = False,
+) -> None:
+    """Make the public names of a package report ``module`` as their ``__module__``.
+
+    Tracebacks and reprs then say ``arboretum.Supervisor``, not the private module path.
+    Only objects defined in a private module (by default a submodule ``module._x``) change;
+    objects that refuse a new ``__module__`` are left alone.
+
+    Args:
+        namespace: the package's ``globals()``.
+        names: its ``__all__``.
+        module: the public module name, e.g. ``"arboretum"``.
+        private: the prefix of the private modules, if not ``module + "._"``.
+        classes_only: change classes only, not functions.
+    """
+    prefix = module + "._" if private is None else private
+    for name in names:
+        obj = namespace[name]
+        if classes_only and not isinstance(obj, type):
+            continue
+        if not callable(obj) or not getattr(obj, "__module__", "").startswith(prefix):
+            continue
+        try:
+            obj.__module__ = module
+        except (AttributeError, TypeError):
+            pass
 
 
 def raise_flat(group: BaseExceptionGroup[BaseException]) -> NoReturn:

@@ -17,6 +17,7 @@ This package imports peewee and cronsim; ``import arboretum`` does not.
 from __future__ import annotations
 
 from .._core._exceptions import ValidationError as ValidationError
+from .._core._util import public_module as _public_module
 from ._exceptions import AgentNotFound as AgentNotFound
 from ._exceptions import SchemaTooNew as SchemaTooNew
 from ._exceptions import StoreClosed as StoreClosed
@@ -79,11 +80,4 @@ __all__ = [
 ]
 
 # Tracebacks and reprs say ``arboretum.store.X`` rather than the private module path.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("arboretum.store._"):
-        try:
-            _obj.__module__ = "arboretum.store"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+_public_module(globals(), __all__, "arboretum.store")
