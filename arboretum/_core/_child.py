@@ -41,6 +41,9 @@ class ChildState(enum.Enum):
     STOPPED = "stopped"
     GAVE_UP = "gave_up"  # flap detection gave it up
 
+    # Members are singletons: identity hashing is correct, and much cheaper than Enum's.
+    __hash__ = object.__hash__
+
 
 S = ChildState
 _TRANSITIONS: Final[dict[ChildState, frozenset[ChildState]]] = {
@@ -116,6 +119,7 @@ class Child:
         return f"<Child {self.id!r} {self.state.value}>"
 
     def set_state(self, new: ChildState) -> None:
+        """Move to ``new``; only the transitions in ``_TRANSITIONS`` are allowed."""
         assert new in _TRANSITIONS[self.state], f"child {self.id!r}: {self.state} -> {new}"
         self.state = new
 
@@ -138,7 +142,7 @@ class Child:
             self.scope.cancel()
 
     def handshake(self) -> StartHandshake:
-        return StartHandshake(self.id, self.on_started)
+        return StartHandshake(self.id, self)
 
     async def wait_done(self) -> None:
         """Wait until the current incarnation's task has finished."""

@@ -237,7 +237,7 @@ class DynamicSupervisor(SupervisorBase):
                         break
                 child.scope = trio.CancelScope(shield=True)
                 child.incarnation += 1
-                start = StartHandshake(child.id, child.on_started)
+                start = child.handshake()
         finally:
             if child.state is not S.GAVE_UP:
                 child.set_state(S.STOPPED)

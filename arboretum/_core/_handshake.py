@@ -13,14 +13,21 @@ complete leaves nothing behind, neither a name nor a supervisor slot, by the tim
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import outcome
 import trio
 
 from ._exceptions import StartError
 
-__all__ = ["StartHandshake"]
+__all__ = ["StartHandshake", "StartObserver"]
+
+
+class StartObserver(Protocol):
+    """Told when a start succeeds (a supervisor's child record)."""
+
+    def on_started(self, value: Any) -> None: ...
+
 
 _PENDING: Final = 0  # nobody waits yet
 _WAITING: Final = 1  # the starter is parked
@@ -36,13 +43,13 @@ class StartHandshake:
 
     Args:
         child_id: names the child in a :class:`StartError` that has no ``child_id`` yet.
-        on_started: called with the started value, in the started task, before the starter
-            is woken (a supervisor's bookkeeping).
+        observer: its ``on_started(value)`` runs in the started task, before the starter is
+            woken (a supervisor's bookkeeping).
     """
 
     __slots__ = (
         "_child_id",
-        "_on_started",
+        "_observer",
         "_result",
         "_state",
         "_task",
@@ -51,11 +58,9 @@ class StartHandshake:
         "reported",
     )
 
-    def __init__(
-        self, child_id: Any = None, on_started: Callable[[Any], None] | None = None
-    ) -> None:
+    def __init__(self, child_id: Any = None, observer: StartObserver | None = None) -> None:
         self._child_id = child_id
-        self._on_started = on_started
+        self._observer = observer
         self._state = _PENDING
         self._task: trio.lowlevel.Task | None = None
         self._result: outcome.Outcome[Any] | None = None
@@ -69,8 +74,8 @@ class StartHandshake:
             raise RuntimeError("task_status.started() called twice")
         self.reported = True
         self.ok = True
-        if self._on_started is not None:
-            self._on_started(value)
+        if self._observer is not None:
+            self._observer.on_started(value)
         self._resolve(outcome.Value(value))
 
     def fail(self, error: BaseException) -> bool:

@@ -21,14 +21,6 @@ ShutdownGrace = float | Literal["brutal_kill"] | None
 
 _RESTARTS = ("permanent", "transient", "temporary")
 _DEFAULT: Any = object()
-_BUILTIN_DEFAULTS: dict[str, Any] = {
-    "restart": "permanent",
-    "type": None,
-    "significant": False,
-    "name": None,
-    "restart_delay": None,
-    "flap": None,
-}
 type_ = type
 
 
@@ -127,79 +119,88 @@ def child_spec(
     Raises:
         ValidationError: a field is invalid; ``.errors`` says which and what is accepted.
     """
-    errors: dict[str, list[str]] = {}
     is_server = isinstance(start, type_) and issubclass(start, Server)
-    defaults = start.child_defaults if is_server else _NO_DEFAULTS
-    if (
-        restart is _DEFAULT
-        or shutdown is _DEFAULT
-        or type is _DEFAULT
-        or significant is _DEFAULT
-        or name is _DEFAULT
-        or restart_delay is _DEFAULT
-        or flap is _DEFAULT
-    ):
+    errors: dict[str, list[str]] = {}
+    if is_server and start.child_defaults:
+        defaults = start.child_defaults
         unknown = set(defaults) - set(_SPEC_KEYS)
         if unknown:
             errors["child_defaults"] = [f"unknown child spec keys: {', '.join(sorted(unknown))}"]
-
-        def pick(key: str, value: Any) -> Any:
-            if value is not _DEFAULT:
-                return value
-            return defaults.get(key, _BUILTIN_DEFAULTS.get(key, _DEFAULT))
-
-        restart = pick("restart", restart)
-        shutdown = pick("shutdown", shutdown)
-        type = pick("type", type)
-        significant = pick("significant", significant)
-        name = pick("name", name)
-        restart_delay = pick("restart_delay", restart_delay)
-        flap = pick("flap", flap)
+        if restart is _DEFAULT:
+            restart = defaults.get("restart", _DEFAULT)
+        if shutdown is _DEFAULT:
+            shutdown = defaults.get("shutdown", _DEFAULT)
+        if type is _DEFAULT:
+            type = defaults.get("type", _DEFAULT)
+        if significant is _DEFAULT:
+            significant = defaults.get("significant", _DEFAULT)
+        if name is _DEFAULT:
+            name = defaults.get("name", _DEFAULT)
+        if restart_delay is _DEFAULT:
+            restart_delay = defaults.get("restart_delay", _DEFAULT)
+        if flap is _DEFAULT:
+            flap = defaults.get("flap", _DEFAULT)
+    if restart is _DEFAULT:
+        restart = "permanent"
+    if type is _DEFAULT or type is None:
+        type = "worker"
+    if significant is _DEFAULT:
+        significant = False
+    if name is _DEFAULT:
+        name = None
+    if restart_delay is _DEFAULT:
+        restart_delay = None
+    if flap is _DEFAULT:
+        flap = None
+    if shutdown is _DEFAULT:
+        shutdown = None if type == "supervisor" else 5.0
+    elif shutdown == "infinity":
+        shutdown = None
     if start is None:
         errors["start"] = ["is required: a Server subclass or an async function"]
     elif not is_server and not callable(start):
         errors["start"] = [f"must be a Server subclass or an async function, got {start!r}"]
     if restart not in _RESTARTS:
         errors["restart"] = [f"must be one of permanent, transient, temporary; got {restart!r}"]
-    if type is None:
-        type = "worker"
-    if shutdown is _DEFAULT:
-        shutdown = None if type == "supervisor" else 5.0
     if type not in ("worker", "supervisor"):
         errors["type"] = [f"must be 'worker' or 'supervisor'; got {type!r}"]
-    if shutdown == "infinity":
-        shutdown = None
-    if not (
-        shutdown is None or shutdown == "brutal_kill" or (_is_number(shutdown) and shutdown >= 0)
-    ):
+    if shutdown.__class__ is float and shutdown >= 0:
+        pass  # the common case
+    elif shutdown is None or shutdown == "brutal_kill":
+        pass
+    elif _is_number(shutdown) and shutdown >= 0:
+        shutdown = float(shutdown)
+    else:
         errors["shutdown"] = [
             f"must be seconds >= 0, 'brutal_kill' or None/'infinity'; got {shutdown!r}"
         ]
-    if not isinstance(significant, bool):
-        errors["significant"] = ["must be True or False"]
-    elif significant and restart == "permanent":
-        errors["significant"] = ["a permanent child cannot be significant (bad_combination)"]
+    if significant is not False:
+        if significant is not True:
+            errors["significant"] = ["must be True or False"]
+        elif restart == "permanent":
+            errors["significant"] = ["a permanent child cannot be significant (bad_combination)"]
     if name is not None:
         if not is_server:
             errors["name"] = ["only a Server child can be registered under a name"]
         elif not (hasattr(name, "registry") and hasattr(name, "key")):
             errors["name"] = [f"must be registry.via(key); got {name!r}"]
-    errors.update(restart_policy_errors(restart_delay, flap))
+    if restart_delay is not None or flap is not None:
+        errors.update(restart_policy_errors(restart_delay, flap))
     if errors:
         raise ValidationError(errors)
     return ChildSpec(
-        start=start,
-        args=tuple(args),
-        id=start if id is None else id,
-        restart=restart,
-        shutdown=float(shutdown) if _is_number(shutdown) else shutdown,  # type: ignore[arg-type]
-        type=type,
-        significant=significant,
-        name=name,
-        restart_delay=restart_delay,
-        flap=flap,
-        is_server=is_server,
-        takes_task_status=not is_server and _accepts_task_status(start),
+        start,
+        args,
+        start if id is None else id,
+        restart,
+        shutdown,
+        type,
+        significant,
+        name,
+        restart_delay,
+        flap,
+        is_server,
+        not is_server and _accepts_task_status(start),
     )
 
 

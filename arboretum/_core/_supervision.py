@@ -192,7 +192,8 @@ class SupervisorBase:
         """An incarnation has started (called in its task, before the starter wakes)."""
         child.ref = value
         child.set_state(ChildState.RUNNING)
-        child.started_at = trio.current_time()
+        if child.spec.restart_delay is not None or self.restart_delay is not None:
+            child.started_at = trio.current_time()  # only a Backoff reads it
         if child.ran:
             self._emit("restarted", child)
         else:
