@@ -250,7 +250,7 @@ class PubSub:
     ) -> AsyncIterator[Subscription]:
         """Subscribe to ``topic`` for the duration of the ``async with`` block.
 
-        Subscribing twice gives two subscriptions and each gets every message (PS-03).
+        Subscribing twice gives two subscriptions and each gets every message.
 
         Args:
             topic: the topic name.

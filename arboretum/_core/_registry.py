@@ -238,7 +238,7 @@ class Registry:
     ) -> Registration:
         """Register ``key`` -> ``value`` now, owned by ``owner``.
 
-        Use the result as a context manager to unregister at the end of a block (REG-02)::
+        Use the result as a context manager to unregister at the end of a block::
 
             with reg.register("job:7", {"started": now}):
                 ...
@@ -255,7 +255,7 @@ class Registry:
 
         Raises:
             AlreadyRegistered: the registry is unique and ``key`` is taken, even by the
-                caller itself (REG-03). ``.value`` is the holder's value.
+                caller itself. ``.value`` is the holder's value.
             RuntimeError: no ``owner`` given outside a trio task.
         """
         if owner is None:
@@ -288,7 +288,7 @@ class Registry:
         return registration
 
     def via(self, key: Hashable) -> Via:
-        """A name for ``name=`` when starting a server: it registers under ``key`` (REG-12).
+        """A name for ``name=`` when starting a server: it registers under ``key``.
 
         Raises:
             ValueError: the registry is not unique.
@@ -323,7 +323,7 @@ class Registry:
             self._remove(registration)
 
     def unregister(self, key: Hashable, *, owner: Hashable | None = None) -> int:
-        """Remove all of ``owner``'s entries under ``key`` (REG-07).
+        """Remove all of ``owner``'s entries under ``key``.
 
         Args:
             key: the key.
@@ -341,7 +341,7 @@ class Registry:
         *,
         owner: Hashable | None = None,
     ) -> int:
-        """Remove ``owner``'s entries under ``key`` whose value satisfies ``predicate`` (REG-08).
+        """Remove ``owner``'s entries under ``key`` whose value satisfies ``predicate``.
 
         Args:
             key: the key.
@@ -363,7 +363,7 @@ class Registry:
     def update_value(
         self, key: Hashable, fn: Callable[[Any], Any], *, owner: Hashable | None = None
     ) -> tuple[Any, Any]:
-        """Replace the value of ``owner``'s entry under ``key`` with ``fn(old)`` (REG-11).
+        """Replace the value of ``owner``'s entry under ``key`` with ``fn(old)``.
 
         Listeners are not told (as in Elixir).
 
@@ -394,7 +394,7 @@ class Registry:
     # ------------------------------------------------------------------ lookups
 
     def whereis(self, key: Hashable) -> Any:
-        """The value under ``key``, or ``None`` (unique registries; REG-12).
+        """The value under ``key``, or ``None`` (unique registries).
 
         Raises:
             TypeError: the registry is not unique (use :meth:`lookup`).
@@ -413,7 +413,7 @@ class Registry:
         return iter(found)
 
     def lookup(self, key: Hashable) -> list[Any]:
-        """The values under ``key``, in registration order (REG-09; unique: 0 or 1)."""
+        """The values under ``key``, in registration order (unique: 0 or 1)."""
         found = self._entries.get(key)
         if found is None:
             return []
@@ -426,7 +426,7 @@ class Registry:
         return [(r.owner, r.value) for r in self._registrations(key)]
 
     def match(self, key: Hashable, predicate: Callable[[Any], bool]) -> list[tuple[Any, Any]]:
-        """``(owner, value)`` pairs under ``key`` whose value satisfies ``predicate`` (REG-15).
+        """``(owner, value)`` pairs under ``key`` whose value satisfies ``predicate``.
 
         Reads only ``key``'s entries, never the whole table.
         """
@@ -437,7 +437,7 @@ class Registry:
         return sum(1 for r in self._registrations(key) if predicate(r.value))
 
     def select(self, predicate: Callable[[Any, Any, Any], bool]) -> list[tuple[Any, Any, Any]]:
-        """``(key, owner, value)`` for every entry where ``predicate(key, owner, value)`` (REG-15).
+        """``(key, owner, value)`` for every entry where ``predicate(key, owner, value)``.
 
         Scans every entry: O(count()).
         """
@@ -458,7 +458,7 @@ class Registry:
         )
 
     def dispatch(self, key: Hashable, fn: Callable[[list[tuple[Any, Any]]], object]) -> bool:
-        """Call ``fn`` with the ``(owner, value)`` pairs under ``key``, in the caller (REG-14).
+        """Call ``fn`` with the ``(owner, value)`` pairs under ``key``, in the caller.
 
         ``fn`` is not called when ``key`` has no entries.
 
@@ -472,7 +472,7 @@ class Registry:
         return True
 
     def count(self) -> int:
-        """The total number of entries, in O(1) (REG-16)."""
+        """The total number of entries, in O(1)."""
         return self._count
 
     def keys(self) -> list[Any]:
@@ -480,14 +480,14 @@ class Registry:
         return list(self._entries)
 
     def keys_of(self, owner: Hashable) -> list[Any]:
-        """The keys ``owner`` holds, one per entry, in registration order (REG-10).
+        """The keys ``owner`` holds, one per entry, in registration order.
 
         Unknown or exited owners give ``[]``.
         """
         return [r.key for r in self._by_owner.get(owner, ())]
 
     def values(self, key: Hashable, owner: Hashable) -> list[Any]:
-        """The values ``owner`` registered under ``key`` (REG-10); ``[]`` if none."""
+        """The values ``owner`` registered under ``key``; ``[]`` if none."""
         return [r.value for r in self._owned_under(key, owner)]
 
     def _owned_under(self, key: Any, owner: Any) -> list[Registration]:
@@ -547,7 +547,7 @@ class Registry:
     # ------------------------------------------------------------------ metadata
 
     def meta(self, key: Hashable, default: Any = _MISSING) -> Any:
-        """The registry metadata under ``key`` (REG-17).
+        """The registry metadata under ``key``.
 
         Raises:
             KeyError: no such metadata and no ``default`` given.
@@ -577,7 +577,7 @@ class Registry:
     async def listen(
         self, *, buffer: int = 1024, policy: Policy = "drop_oldest"
     ) -> AsyncIterator[Subscription]:
-        """Receive a :class:`RegistryEvent` for every register and unregister (REG-18).
+        """Receive a :class:`RegistryEvent` for every register and unregister.
 
         Unlike Elixir, unregistrations caused by an owner exiting are reported too. Events are
         buffered like a PubSub subscription (``buffer``/``policy`` as in

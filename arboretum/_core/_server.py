@@ -151,7 +151,7 @@ class Server:
         )
 
     async def handle_info(self, message: Any) -> None:
-        """Handle ``ref.send(message)``. The default logs the message and carries on (GS-14)."""
+        """Handle ``ref.send(message)``. The default logs the message and carries on."""
         logger.warning("%s received an unexpected message: %r", type(self).__qualname__, message)
 
     async def terminate(self, reason: BaseException | None) -> None:

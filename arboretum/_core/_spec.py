@@ -56,7 +56,7 @@ class ChildSpec:
     takes_task_status: bool = field(default=False, repr=False)
 
     def replace(self, **changes: Any) -> ChildSpec:
-        """A copy with some fields changed, validated again (unknown keys raise, SUP-02)."""
+        """A copy with some fields changed, validated again (unknown keys raise)."""
         unknown = set(changes) - set(_SPEC_KEYS)
         if unknown:
             raise ValidationError({k: ["unknown child spec key"] for k in sorted(unknown)})
