@@ -55,6 +55,7 @@ import trio
 
 from .._core._exceptions import ValidationError
 from .._core._pubsub import Policy, PubSub, Subscription
+from .._core._util import raise_flat
 from ._exceptions import AgentNotFound, StoreClosed, StoreError, UnsupportedDatabase
 from ._migrations import SCHEMA_VERSION, migrate
 from ._models import bind_models
@@ -931,12 +932,6 @@ async def open_store(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Unwrap at the API boundary: the caller's own exception, not a group around it.
-        if len(group.exceptions) == 1:
-            exc = group.exceptions[0]
-            try:
-                raise exc from exc.__cause__
-            finally:
-                del exc, group
-        raise
+        raise_flat(group)
     finally:
         await store.aclose()
