@@ -184,6 +184,23 @@ async def test_d02_group_is_stopped_at_once_and_restarted_after_the_delay(
         assert [c.state for c in sup.which_children()] == ["running"] * 3
 
 
+async def test_d02_terminating_the_crashed_child_during_its_delay(autojump_clock: Any) -> None:
+    log: Log = []
+    children = [w(log, "a"), w(log, "b", restart_delay=5), w(log, "c")]
+    async with open_supervisor(children, strategy="one_for_all") as sup:
+        sup_ref(sup, "b").cast("crash")
+        await trio.testing.wait_all_tasks_blocked()
+        await sup.terminate_child("b")  # while the group waits for b's delay
+        await trio.sleep(5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert {c.id: c.state for c in sup.which_children()} == {
+            "a": "running",
+            "b": "stopped",
+            "c": "running",
+        }
+    assert events_of(log, "init")[3:] == [("a", 5.0), ("c", 5.0)]
+
+
 # ------------------------------------------------ 3. second Ctrl-C in shutdown
 
 _CTRL_C_SCRIPT = """

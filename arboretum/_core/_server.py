@@ -420,6 +420,13 @@ async def serve(
         ref._exited()
 
 
+def _abort_park(_: Any) -> trio.lowlevel.Abort:
+    # Only a kill cancels an idle server, and the Cancelled it gets goes straight to _die(),
+    # which clears ``_parked``: nothing can reschedule the task in between. So one shared
+    # abort function serves every park (no closure per idle period).
+    return trio.lowlevel.Abort.SUCCEEDED
+
+
 async def _loop(ref: ServerRef, server: Server) -> BaseException | None:
     mailbox = ref._mailbox
     burst = 0
@@ -429,12 +436,7 @@ async def _loop(ref: ServerRef, server: Server) -> BaseException | None:
                 burst = 0
                 payload = caller = None  # hold no message while idle
                 ref._parked = ref._task
-
-                def abort(_: Any) -> trio.lowlevel.Abort:
-                    ref._parked = None
-                    return trio.lowlevel.Abort.SUCCEEDED
-
-                await trio.lowlevel.wait_task_rescheduled(abort)
+                await trio.lowlevel.wait_task_rescheduled(_abort_park)
                 continue
             burst += 1
             if burst >= _YIELD_EVERY:

@@ -39,6 +39,10 @@ logger = logging.getLogger("arboretum.supervisor")
 
 _EVENT_TOPIC: Final = "children"
 _INTENSITY_EVENT: Final = ("arboretum", "supervisor", "intensity_exceeded")
+_CHILD_EVENTS: Final = {
+    kind: ("arboretum", "supervisor", "child", kind)
+    for kind in ("started", "exited", "restarted", "gave_up")
+}
 
 T = TypeVar("T")
 
@@ -169,7 +173,7 @@ class SupervisorBase:
         child: Child,
         reason: BaseException | None = None,
     ) -> None:
-        event = ("arboretum", "supervisor", "child", kind)
+        event = _CHILD_EVENTS[kind]
         if _telemetry.has_handlers(event):
             _telemetry.execute(
                 event,

@@ -63,10 +63,9 @@ class _Retry:
 
 @dataclass(frozen=True, slots=True)
 class _DelayOver:
-    """``child``'s restart delay is over: restart its group now."""
+    """A restart delay is over: start the group members that still wait for it."""
 
-    child: Child
-    incarnation: int
+    group: tuple[Child, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +194,8 @@ class Supervisor(SupervisorBase):
                 if self._current(child, incarnation) and child.state is S.RETRYING:
                     if self._count_restart(child, reason):
                         await self._restart(child)
-            case _DelayOver(child, incarnation):
-                if self._current(child, incarnation) and child.state is S.RESTARTING:
-                    await self._start_group(child)
+            case _DelayOver(group):
+                await self._start_group(group, waiting_only=True)
         return False
 
     async def _child_exited(self, child: Child, reason: BaseException | None) -> bool:
@@ -243,19 +241,23 @@ class Supervisor(SupervisorBase):
                     self._children.remove(other)
         delay = self._restart_delay(child)
         if delay <= 0:
-            await self._start_group(child)
+            await self._start_group(group)
             return
-        for member in group:
-            if member in self._children and member.state is not S.GAVE_UP:
-                member.set_state(S.RESTARTING)
+        waiting = tuple(m for m in group if m in self._children and m.state is not S.GAVE_UP)
+        for member in waiting:
+            member.set_state(S.RESTARTING)
         assert self._nursery is not None
-        self._nursery.start_soon(self._delayed_restart, child, child.incarnation, delay)
+        self._nursery.start_soon(self._delayed_restart, waiting, delay)
 
-    async def _start_group(self, child: Child) -> None:
-        for member in self._group(child):
+    async def _start_group(self, group: Iterable[Child], *, waiting_only: bool = False) -> None:
+        """Start the members of a group in order; after a delay, only those still waiting
+        (one terminated meanwhile stays stopped)."""
+        for member in group:
             # Erlang restarts every child of the group, also those stopped with
             # terminate_child or after a clean exit; only given-up children stay down.
             if member not in self._children or member.state is S.GAVE_UP:
+                continue
+            if waiting_only and member.state is not S.RESTARTING:
                 continue
             try:
                 await self._start(member)
@@ -265,9 +267,9 @@ class Supervisor(SupervisorBase):
                 self._inbox_send.send_nowait(_Retry(member, member.incarnation, exc))
                 return
 
-    async def _delayed_restart(self, child: Child, incarnation: int, delay: float) -> None:
+    async def _delayed_restart(self, group: tuple[Child, ...], delay: float) -> None:
         await trio.sleep(delay)
-        self._inbox_send.send_nowait(_DelayOver(child, incarnation))
+        self._inbox_send.send_nowait(_DelayOver(group))
 
     async def _start(self, child: Child) -> Any:
         """Start one incarnation and wait until it has started; raises StartError."""
