@@ -188,7 +188,7 @@ def child_spec(
         errors.update(restart_policy_errors(restart_delay, flap))
     if errors:
         raise ValidationError(errors)
-    return ChildSpec(
+    return _new_spec(
         start,
         args,
         start if id is None else id,
@@ -202,6 +202,57 @@ def child_spec(
         is_server,
         not is_server and _accepts_task_status(start),
     )
+
+
+def _slot_setter(name: str) -> Any:
+    return ChildSpec.__dict__[name].__set__
+
+
+# A validated spec is built by setting its slots directly: a frozen dataclass's __init__
+# (one object.__setattr__ call per field) costs as much as the whole validation, and a
+# DynamicSupervisor may be given one spec per child, thousands of times a second.
+_set_start = _slot_setter("start")
+_set_args = _slot_setter("args")
+_set_id = _slot_setter("id")
+_set_restart = _slot_setter("restart")
+_set_shutdown = _slot_setter("shutdown")
+_set_type = _slot_setter("type")
+_set_significant = _slot_setter("significant")
+_set_name = _slot_setter("name")
+_set_restart_delay = _slot_setter("restart_delay")
+_set_flap = _slot_setter("flap")
+_set_is_server = _slot_setter("is_server")
+_set_takes_task_status = _slot_setter("takes_task_status")
+
+
+def _new_spec(
+    start: Any,
+    args: tuple[Any, ...],
+    id: Hashable,
+    restart: Restart,
+    shutdown: ShutdownGrace,
+    type: Literal["worker", "supervisor"],
+    significant: bool,
+    name: Via | None,
+    restart_delay: float | Backoff | None,
+    flap: FlapPolicy | None,
+    is_server: bool,
+    takes_task_status: bool,
+) -> ChildSpec:
+    spec = object.__new__(ChildSpec)
+    _set_start(spec, start)
+    _set_args(spec, args)
+    _set_id(spec, id)
+    _set_restart(spec, restart)
+    _set_shutdown(spec, shutdown)
+    _set_type(spec, type)
+    _set_significant(spec, significant)
+    _set_name(spec, name)
+    _set_restart_delay(spec, restart_delay)
+    _set_flap(spec, flap)
+    _set_is_server(spec, is_server)
+    _set_takes_task_status(spec, takes_task_status)
+    return spec
 
 
 def as_spec(start: Any, args: tuple[Any, ...] = ()) -> ChildSpec:
