@@ -125,8 +125,9 @@ class Child:
 
     @property
     def public_state(self) -> str:
+        """The state as :meth:`Supervisor.which_children` shows it."""
         state = self.state
-        if state is S.RETRYING or (state is S.STARTING and self.incarnation > 1):
+        if state is S.RETRYING:
             return "restarting"
         value: str = state.value
         return value
@@ -209,7 +210,12 @@ class ChildRef:
         the child waits for a delayed or retried restart, it is ``"restarting"``.
         """
         child = self._child
-        return "stopped" if child.state is S.EXITED else child.public_state
+        state = child.state
+        if state is S.EXITED:  # only seen while the exit is being handled
+            return "stopped"
+        if state is S.STARTING and child.incarnation > 1:
+            return "restarting"
+        return child.public_state
 
     @property
     def alive(self) -> bool:
