@@ -19,7 +19,7 @@ import outcome
 import trio
 
 from . import _telemetry
-from ._child import BUSY, Child, ChildState, kill
+from ._child import Child, ChildState, kill
 from ._exceptions import Killed, RestartIntensityExceeded, ValidationError
 from ._policy import (
     Backoff,
@@ -362,7 +362,3 @@ async def run_nested(
     """The start function of a nested supervisor child."""
     sup = factory(*args, **options)
     await sup.run(task_status=task_status)
-
-
-def is_busy(child: Child) -> bool:
-    return child.state in BUSY
