@@ -1019,3 +1019,31 @@ async def test_failed_start_is_validated_and_cancellation_still_cancels() -> Non
             await dyn.start_child(SlowInit, failed_start="restart")
         await trio.testing.wait_all_tasks_blocked()
         assert dyn.which_children() == []
+
+
+class SlowRestart(Server):
+    async def init(self, inits: list[float]) -> None:
+        inits.append(trio.current_time())
+        if len(inits) > 1:
+            await trio.sleep(2)
+
+    async def handle_cast(self, message: Any) -> None:
+        raise Boom("crash")
+
+
+async def test_childref_state_while_a_restart_is_starting(autojump_clock: Any) -> None:
+    inits: list[float] = []
+    async with open_dynamic_supervisor() as dyn:
+        child = await dyn.start_child(SlowRestart, inits)
+        assert (child.state, child.incarnation) == ("running", 1)
+        child.ref.cast("crash")
+        await trio.sleep(1)  # the second init is running
+        assert (child.state, child.ref, child.alive, child.incarnation) == (
+            "restarting",
+            None,
+            False,
+            2,
+        )
+        await trio.sleep(2)
+        assert child.state == "running" and child.ref.alive
+    assert inits == [0.0, 0.0]
