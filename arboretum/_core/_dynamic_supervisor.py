@@ -227,6 +227,12 @@ class DynamicSupervisor(SupervisorBase):
                 except RestartIntensityExceeded as exc:
                     self._fail(exc)
                     break
+                # Drop the dead incarnation's exit reason: its traceback holds the old server
+                # and ref alive through the restart delay and the whole next incarnation.
+                result = reason = error = None
+                child.ref = None  # the exited event had it; nobody may use it now
+                start.finished()
+                start = child.handshake()  # the old one holds the dead incarnation's ref
                 delay = self._restart_delay(child)
                 if delay > 0:
                     child.set_state(S.RESTARTING)
@@ -237,7 +243,6 @@ class DynamicSupervisor(SupervisorBase):
                         break
                 child.scope = trio.CancelScope(shield=True)
                 child.incarnation += 1
-                start = child.handshake()
         finally:
             if child.state is not S.GAVE_UP:
                 child.set_state(S.STOPPED)
