@@ -15,10 +15,10 @@ import itertools
 import json
 import os
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import trio
 import trio_websocket
@@ -212,8 +212,8 @@ class Client:
         await self._ws.aclose()
 
 
-def _with_token(ws_url: str, token: str) -> str:
-    return f"{ws_url}?token={quote(token, safe='')}"
+_CONNECT_TIMEOUT = 10.0
+_MAX_MESSAGE = 64 * 1024 * 1024
 
 
 @asynccontextmanager
@@ -247,25 +247,53 @@ async def open_client(
         url, token = info.url, info.token
     if token is None:
         raise ValueError("a url needs its token")
-    ws_url = "ws" + url.removeprefix("http").rstrip("/") + "/api/ws"
-    async with AsyncExitStack() as stack:
-        try:
-            ws = await stack.enter_async_context(
-                trio_websocket.open_websocket_url(_with_token(ws_url, token))
-            )
-        except (OSError, trio_websocket.HandshakeError) as exc:
-            raise NodeNotRunning(f"cannot reach the node at {url}: {exc}") from exc
-        client = Client(ws, url)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client._reader)
-                try:
-                    yield client
-                finally:
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # Unwrap at the API boundary: the caller's own exception, not a group around it.
-            if len(group.exceptions) == 1:
-                inner = group.exceptions[0]
-                raise inner from inner.__cause__
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 80
+    resource = f"/api/ws?token={quote(token, safe='')}"
+    try:
+        stream = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise NodeNotRunning(f"cannot reach the node at {url}: {exc}") from exc
+    connected = False
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(_CONNECT_TIMEOUT):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery, stream, parts.netloc, resource, max_message_size=_MAX_MESSAGE
+                )
+            connected = True
+            client = Client(ws, url)
+            nursery.start_soon(client._reader)
+            try:
+                yield client
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # Unwrap at the API boundary: one meaningful exception, not a group around it.
+        if len(group.exceptions) != 1:
             raise
+        inner = group.exceptions[0]
+        if not connected:
+            _raise_connect_error(inner, url)
+        raise inner from inner.__cause__
+    except trio.TooSlowError as exc:
+        if connected:
+            raise
+        raise NodeNotRunning(f"the node at {url} did not answer the handshake") from exc
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _raise_connect_error(exc: BaseException, url: str) -> None:
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        if exc.status_code == 401:
+            raise NodeNotRunning(
+                f"the node at {url} refused the token (is node.json from another node?)"
+            ) from exc
+        raise NodeNotRunning(f"the node at {url} refused the connection: {exc}") from exc
+    if isinstance(exc, OSError | trio_websocket.HandshakeError | trio.BrokenResourceError):
+        raise NodeNotRunning(f"cannot reach the node at {url}: {exc}") from exc
+    raise exc

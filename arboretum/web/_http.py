@@ -312,7 +312,7 @@ class HttpServer:
         conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         conn.next_event()
         with trio.move_on_after(2):
-            await self._send_response(conn, stream, HttpResponse.text(status, text + "\n"), True)
+            await self._send_response(conn, stream, HttpResponse.text(status, text + "\n"), False)
 
     async def _next_event(self, conn: h11.Connection, stream: trio.abc.Stream) -> Any:
         while True:
@@ -330,6 +330,9 @@ class HttpServer:
             return None
         if not isinstance(event, h11.Request):
             raise h11.RemoteProtocolError("expected a request", error_status_hint=400)
+        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > MAX_HEAD:
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         target = event.target.decode("ascii", "replace")
         parts = urlsplit(target)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers]
