@@ -7,6 +7,8 @@ dependencies when they are imported.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from . import telemetry as telemetry
 from ._core._exceptions import AlreadyRegistered as AlreadyRegistered
 from ._core._exceptions import AlreadyStarted as AlreadyStarted
@@ -68,6 +70,7 @@ __all__ = [
     "FlapPolicy",
     "Killed",
     "MaxChildrenReached",
+    "Node",
     "PubSub",
     "PubSubAdapter",
     "Registration",
@@ -77,6 +80,7 @@ __all__ = [
     "Server",
     "ServerExited",
     "ServerRef",
+    "Settings",
     "Shutdown",
     "SlowSubscriber",
     "StartError",
@@ -87,14 +91,42 @@ __all__ = [
     "child_spec",
     "dynamic_supervisor_spec",
     "open_dynamic_supervisor",
+    "open_node",
     "open_supervisor",
     "start_server",
     "supervisor_spec",
     "telemetry",
 ]
 
+if TYPE_CHECKING:
+    from .node import Node as Node
+    from .node import open_node as open_node
+    from .settings import Settings as Settings
+
+# Loaded on first use, so that ``import arboretum`` loads trio alone (the node pulls in the
+# store's peewee and the LLM client's httpx).
+_LAZY = {"open_node": "node", "Node": "node", "Settings": "settings"}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'arboretum' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 # Make tracebacks and reprs say ``arboretum.X`` rather than the private module path.
 for _name in __all__:
+    if _name in _LAZY:
+        continue
     _obj = globals()[_name]
     if isinstance(_obj, type) and _obj.__module__.startswith("arboretum._"):
         _obj.__module__ = "arboretum"

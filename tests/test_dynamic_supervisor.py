@@ -748,6 +748,7 @@ async def test_child_event_stream_uses_the_childref_as_id() -> None:
             t_ref = t.ref
             t_ref.cast("shutdown")
             await trio.testing.wait_all_tasks_blocked()
+            second = a.ref
             await dyn.terminate_child(a)  # asked for: an "exited" event too (clean)
             seen = drain(events)
         assert dyn._events.subscriber_count("children") == 0
@@ -759,7 +760,8 @@ async def test_child_event_stream_uses_the_childref_as_id() -> None:
         ("exited", t, True),
         ("exited", a, True),
     ]
-    assert seen[0].ref is first and seen[2].ref is a.ref and seen[2].ref is not first
+    assert seen[0].ref is first and seen[2].ref is second and second is not first
+    assert seen[5].ref is second and a.ref is None  # a stopped child has no ref
     assert isinstance(seen[1].reason, Boom)
     assert isinstance(seen[4].reason, Shutdown)
     assert seen[5].reason is None
@@ -772,12 +774,13 @@ async def test_child_telemetry_events() -> None:
         async with open_dynamic_supervisor() as dyn:
             child = await dyn.start_child(w(log, "a"))
             await crash(child)
+            second = child.ref
     # the last "exited" is the shutdown at the end of the block
     assert [e.event[-1] for e in seen] == ["started", "exited", "restarted", "exited"]
     assert all(e.metadata["supervisor"] is dyn for e in seen)
     assert all(e.metadata["child_id"] is child for e in seen)
     assert isinstance(seen[1].metadata["reason"], Boom)
-    assert seen[2].metadata["ref"] is child.ref
+    assert seen[2].metadata["ref"] is second and second is not None
 
 
 async def test_one_crash_report_per_crash(caplog: pytest.LogCaptureFixture) -> None:
@@ -818,7 +821,7 @@ async def test_a_thousand_children_start_and_stop_cleanly() -> None:
     assert len(terminates(log)) == 1000
     assert reg.count() == 0
     assert dyn.which_children() == []
-    assert all(c.state == "stopped" and not c.ref.alive for c in children)
+    assert all(c.state == "stopped" and c.ref is None for c in children)
     assert len(dyn._nursery.child_tasks) == 0
 
 
@@ -845,3 +848,174 @@ async def test_no_leaks_after_exit(autojump_clock: Any) -> None:
     assert len(dyn._nursery.child_tasks) == 0
     assert {c.state for c in children} == {"stopped"}
     assert trio.current_time() == 0.0
+
+
+# ---------------------------------------------------------------- failed_start="restart"
+
+
+class InitFails(Server):
+    """``init`` fails while ``state["failures"]`` is positive (counting it down)."""
+
+    async def init(self, state: dict[str, Any]) -> None:
+        state["inits"].append(trio.current_time())
+        if state["failures"] > 0:
+            state["failures"] -= 1
+            raise Boom(f"init {len(state['inits'])}")
+
+    async def handle_call(self, request: Any, caller: Any) -> Any:
+        return "up"
+
+
+def init_fails(failures: float) -> dict[str, Any]:
+    return {"inits": [], "failures": failures}
+
+
+async def test_failed_start_raise_is_the_default() -> None:
+    state = init_fails(1)
+    async with open_dynamic_supervisor() as dyn:
+        async with dyn.subscribe() as events:
+            with pytest.raises(StartError) as err:
+                await dyn.start_child(InitFails, state)
+            with pytest.raises(StartError):
+                await dyn.start_child(InitFails, init_fails(1), failed_start="raise")
+            await trio.testing.wait_all_tasks_blocked()
+            assert drain(events) == []
+        assert isinstance(err.value.__cause__, Boom)
+        assert dyn.which_children() == []
+
+
+async def test_failed_start_restart_returns_at_once_and_follows_the_backoff(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = init_fails(5)
+    spec = child_spec(
+        InitFails,
+        state,
+        restart_delay=Backoff(1, 8, 2, reset_after=20),
+        flap=FlapPolicy(max_restarts=10, within=100),
+    )
+    with caplog.at_level(logging.ERROR, logger="arboretum.supervisor"):
+        with arb_telemetry.capture([("arboretum", "supervisor", "child", "exited")]) as tel:
+            async with open_dynamic_supervisor(max_restarts=0) as dyn:
+                async with dyn.subscribe() as events:
+                    child = await dyn.start_child(spec, failed_start="restart")
+                    assert trio.current_time() == 0.0
+                    assert (child.state, child.ref, child.alive) == ("restarting", None, False)
+                    assert dyn.which_children() == [child]
+                    assert dyn.count_children()["active"] == 0
+                    await trio.sleep(22)
+                    assert child.state == "restarting" and child.ref is None
+                    await trio.sleep(2)
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert child.state == "running" and child.ref.alive
+                    assert await child.ref.call("x") == "up"
+                    seen = drain(events)
+    # delays 1, 2, 4, 8, 8: the backoff keeps growing although 23 s > reset_after passed
+    assert state["inits"] == [0.0, 1.0, 3.0, 7.0, 15.0, 23.0]
+    assert [(e.kind, e.child_id, e.clean) for e in seen] == [("exited", child, False)] * 5 + [
+        ("started", child, True)
+    ]
+    assert [str(e.reason) for e in seen[:5]] == [f"init {n}" for n in range(1, 6)]
+    assert all(type(e.reason) is Boom for e in seen[:5])  # the init's exception, unwrapped
+    assert len(tel) == 6  # five failed attempts and the shutdown at the end
+    assert all(e.metadata["child_id"] is child for e in tel)
+    reports = [r for r in caplog.records if "failed to start" in r.getMessage()]
+    assert len(reports) == 5
+    expected = f"DynamicSupervisor: child {child!r} failed to start: Boom: init 1"
+    assert reports[0].getMessage() == expected
+    assert reports[0].exc_info is not None and isinstance(reports[0].exc_info[1], Boom)
+
+
+async def test_failed_start_restart_gives_up_per_the_flap_policy(autojump_clock: Any) -> None:
+    state = init_fails(float("inf"))
+    spec = child_spec(InitFails, state, restart_delay=1, flap=FlapPolicy(max_restarts=2, within=10))
+    async with open_dynamic_supervisor(max_restarts=0) as dyn:
+        healthy = await dyn.start_child(InitFails, init_fails(0))
+        async with dyn.subscribe() as events:
+            child = await dyn.start_child(spec, failed_start="restart")
+            await trio.sleep(10)
+            seen = drain(events)
+        assert (child.state, child.ref, child.alive) == ("gave_up", None, False)
+        assert dyn.which_children() == [healthy] and healthy.alive
+    assert state["inits"] == [0.0, 1.0, 2.0]  # max_restarts + 1 failed attempts
+    assert [e.kind for e in seen] == ["exited", "exited", "exited", "gave_up"]
+    assert type(seen[-1].reason) is Boom and str(seen[-1].reason) == "init 3"
+    assert seen[-1].child_id is child and not seen[-1].clean
+
+
+async def test_failed_start_restart_counts_toward_the_intensity(autojump_clock: Any) -> None:
+    state = init_fails(float("inf"))
+    log: Log = []
+    with pytest.raises(RestartIntensityExceeded) as err:
+        async with open_dynamic_supervisor(max_restarts=2, max_seconds=10) as dyn:
+            bystander = await dyn.start_child(w(log, "bystander"))
+            child = await dyn.start_child(
+                child_spec(InitFails, state, restart_delay=1), failed_start="restart"
+            )
+            assert child.state == "restarting"
+            await trio.sleep_forever()
+    assert state["inits"] == [0.0, 1.0, 2.0]
+    assert type(err.value.__cause__) is Boom and str(err.value.__cause__) == "init 3"
+    assert terminates(log) == ["bystander"] and bystander.state == "stopped"
+
+
+async def test_failed_start_restart_without_delay_retries_at_once() -> None:
+    state = init_fails(2)
+    async with open_dynamic_supervisor(max_restarts=5) as dyn:
+        child = await dyn.start_child(InitFails, state, failed_start="restart")
+        await trio.testing.wait_all_tasks_blocked()
+        assert child.state == "running" and await child.ref.call("x") == "up"
+    assert len(state["inits"]) == 3
+
+
+async def test_failed_start_restart_drops_a_temporary_child(autojump_clock: Any) -> None:
+    state = init_fails(float("inf"))
+    async with open_dynamic_supervisor(max_restarts=0) as dyn:
+        async with dyn.subscribe() as events:
+            child = await dyn.start_child(
+                child_spec(InitFails, state, restart="temporary", restart_delay=1),
+                failed_start="restart",
+            )
+            assert (child.state, child.ref) == ("stopped", None)
+            await trio.sleep(5)
+            seen = drain(events)
+        assert dyn.which_children() == []
+    assert state["inits"] == [0.0]
+    assert [(e.kind, e.child_id, e.clean, type(e.reason)) for e in seen] == [
+        ("exited", child, False, Boom)
+    ]
+
+
+async def test_failed_start_restart_of_a_function_child(autojump_clock: Any) -> None:
+    attempts: list[float] = []
+
+    async def job(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        attempts.append(trio.current_time())
+        if len(attempts) < 3:
+            raise Boom("not yet")
+        task_status.started(len(attempts))
+        await trio.sleep_forever()
+
+    async with open_dynamic_supervisor(max_restarts=5) as dyn:
+        child = await dyn.start_child(child_spec(job, restart_delay=2), failed_start="restart")
+        assert child.state == "restarting"
+        await trio.sleep(4)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (child.state, child.ref) == ("running", 3)
+    assert attempts == [0.0, 2.0, 4.0]
+
+
+async def test_failed_start_is_validated_and_cancellation_still_cancels() -> None:
+    async with open_dynamic_supervisor() as dyn:
+        with pytest.raises(ValidationError) as err:
+            await dyn.start_child(InitFails, init_fails(0), failed_start="retry")  # type: ignore[arg-type]
+        assert list(err.value.errors) == ["failed_start"]
+
+        class SlowInit(Server):
+            async def init(self) -> None:
+                await trio.sleep_forever()
+
+        with trio.move_on_after(0.01):
+            await dyn.start_child(SlowInit, failed_start="restart")
+        await trio.testing.wait_all_tasks_blocked()
+        assert dyn.which_children() == []

@@ -122,11 +122,14 @@ class ChildRef:
         "_consecutive",
         "_done",
         "_flaps",
+        "_ran",
         "_running",
         "_started_at",
         "_starter",
+        "_state",
         "args",
         "expected_exit",
+        "failed_start",
         "id",
         "incarnation",
         "ref",
@@ -134,7 +137,6 @@ class ChildRef:
         "spec",
         "start_error",
         "started",
-        "state",
         "wanted",
     )
 
@@ -143,7 +145,7 @@ class ChildRef:
         self.id: Any = spec.id
         self.args = args
         self.ref: Any = None
-        self.state = "stopped"
+        self._state = "stopped"
         self.incarnation = 0
         self.scope: trio.CancelScope | None = None
         self.started = False
@@ -155,17 +157,34 @@ class ChildRef:
         self._done: trio.Event | None = None
         self._flaps: deque[float] | None = None
         self._consecutive = 0
-        self._started_at = 0.0
+        # When the current incarnation started, or None while it has not (Backoff's reset).
+        self._started_at: float | None = None
+        self._ran = False  # some incarnation has started
+        self.failed_start: Literal["raise", "restart"] = "raise"
 
     def __repr__(self) -> str:
         start = getattr(self.spec.start, "__qualname__", repr(self.spec.start))
         ident = "" if self.spec.id is self.spec.start else f" id={self.spec.id!r}"
-        return f"<arboretum.ChildRef {start}{ident} {self.state}>"
+        return f"<arboretum.ChildRef {start}{ident} {self._state}>"
 
     @property
     def alive(self) -> bool:
         """True while an incarnation is running."""
-        return self.state == "running"
+        return self._state == "running"
+
+    @property
+    def state(self) -> str:
+        """``"starting"``, ``"running"``, ``"restarting"``, ``"stopped"`` or ``"gave_up"``.
+
+        ``"starting"`` is only the first start; while a later incarnation is starting, or
+        the child waits for a delayed or retried restart, it is ``"restarting"``. A
+        :class:`Supervisor` child that has just exited (its supervisor is deciding) shows as
+        ``"exited"`` in :meth:`Supervisor.which_children`.
+        """
+        state = self._state
+        if state == "retrying" or (state == "starting" and self.incarnation > 1):
+            return "restarting"
+        return state
 
     async def _wait_done(self) -> None:
         if not self._running:
@@ -320,18 +339,34 @@ class _SupervisorBase:
         child._starter = None
         if error is None:
             child.started = True
-            child.state = "running"
+            child._state = "running"
             child._started_at = trio.current_time()
             if starter is not None:
                 trio.lowlevel.reschedule(starter, outcome.Value(child.ref))
-            if child.incarnation > 1:
+            if child._ran:
                 self._emit("restarted", child)
             else:
+                child._ran = True
                 self._emit("started", child)
         else:
             child.start_error = error
             if starter is not None:
-                trio.lowlevel.reschedule(starter, outcome.Error(error))
+                if self._start_failure_is_a_crash(child, error):
+                    # The caller gets the ChildRef; the failure is handled like a crash.
+                    trio.lowlevel.reschedule(starter, outcome.Value(None))
+                else:
+                    trio.lowlevel.reschedule(starter, outcome.Error(error))
+
+    def _start_failure_is_a_crash(self, child: ChildRef, error: BaseException) -> bool:
+        """Whether a failed start is handled like a crash (``failed_start="restart"``)."""
+        cause = error.__cause__
+        return (
+            child.failed_start == "restart"
+            and not child.expected_exit
+            and not self._closing
+            and isinstance(cause, Exception)
+            and not isinstance(cause, Killed)
+        )
 
     async def _run_once(self, child: ChildRef) -> Any:
         """Run one incarnation of ``child`` in the current task.
@@ -344,7 +379,8 @@ class _SupervisorBase:
         assert scope is not None
         child.started = False
         child.start_error = None
-        child.state = "starting"
+        child._started_at = None
+        child._state = "starting"
         reason: BaseException | None = None
         with scope:
             try:
@@ -419,7 +455,7 @@ class _SupervisorBase:
             while flaps and flaps[0] < now - flap.within:
                 flaps.popleft()
             if len(flaps) > flap.max_restarts:
-                child.state = "gave_up"
+                child._state = "gave_up"
                 child.wanted = False
                 logger.error(
                     "%s: child %r gave up: %d restarts within %gs (flap detection)",
@@ -459,7 +495,10 @@ class _SupervisorBase:
             return 0.0
         if not isinstance(policy, Backoff):
             return float(policy)
-        if trio.current_time() - child._started_at >= policy.reset_after:
+        # Only an incarnation that started and then ran ``reset_after`` seconds resets the
+        # backoff; failed restarts keep growing the delay.
+        started_at = child._started_at
+        if started_at is not None and trio.current_time() - started_at >= policy.reset_after:
             child._consecutive = 0
         child._consecutive += 1
         return policy.delay(child._consecutive)
@@ -470,7 +509,7 @@ class _SupervisorBase:
         """Ask a child to stop (server: stop message; function or brutal_kill: cancel)."""
         child.expected_exit = True
         scope = child.scope
-        if child.state in ("running",) and child.spec.is_server:
+        if child._state in ("running",) and child.spec.is_server:
             if child.spec.shutdown == "brutal_kill":
                 if scope is not None:
                     scope.cancel()
@@ -665,7 +704,7 @@ class Supervisor(_SupervisorBase):
             return await self._child_exited(child, reason)
         if kind == "retry":
             _, _, incarnation, reason = event
-            if incarnation != child.incarnation or child.state != "retrying":
+            if incarnation != child.incarnation or child._state != "retrying":
                 return False
             if not self._count_restart(child, reason):
                 return False
@@ -674,13 +713,13 @@ class Supervisor(_SupervisorBase):
             return False
         if kind == "delayed":
             _, _, incarnation = event
-            if incarnation != child.incarnation or child.state != "restarting":
+            if incarnation != child.incarnation or child._state != "restarting":
                 return False
             await self._restart_group(child, delayed=True)
         return False
 
     async def _child_exited(self, child: ChildRef, reason: BaseException | None) -> bool:
-        child.state = "stopped"
+        child._state = "stopped"
         self._log_crash(child, reason, "crashed")
         self._emit("exited", child, reason)
         if not self._wants_restart(child, reason):
@@ -699,11 +738,11 @@ class Supervisor(_SupervisorBase):
         (then ``_restart_group`` does nothing now), or leave it to restart at once."""
         delay = self._restart_delay(child)
         if delay > 0:
-            child.state = "restarting"
+            child._state = "restarting"
             assert self._nursery is not None
             self._nursery.start_soon(self._delayed_restart, child, child.incarnation, delay)
         else:
-            child.state = "exited"
+            child._state = "exited"
 
     def _auto_shutdown_now(self, child: ChildRef) -> bool:
         if not child.spec.significant or self.auto_shutdown == "never":
@@ -728,26 +767,26 @@ class Supervisor(_SupervisorBase):
 
         Does nothing while the child waits for a delayed restart, unless this *is* it.
         """
-        if child.state == "restarting" and not delayed:
+        if child._state == "restarting" and not delayed:
             return
         group = self._affected(child)
         for other in reversed(group):
-            if other is not child and other.state in _BUSY:
+            if other is not child and other._state in _BUSY:
                 await self._stop_child(other)
-                other.state = "stopped"
+                other._state = "stopped"
                 other.ref = None
                 if other.spec.restart == "temporary":
                     self._children.remove(other)
         for member in group:
             # Erlang restarts every child of the group, also those stopped with
             # terminate_child or after a clean exit; only given-up children stay down.
-            if member not in self._children or member.state == "gave_up":
+            if member not in self._children or member._state == "gave_up":
                 continue
             try:
                 await self._start(member)
             except StartError as exc:
                 self._log_crash(member, exc.__cause__ or exc, "failed to restart")
-                member.state = "retrying"
+                member._state = "retrying"
                 self._inbox_send.send_nowait(("retry", member, member.incarnation, exc))
                 return
 
@@ -771,19 +810,19 @@ class Supervisor(_SupervisorBase):
         if incarnation != child.incarnation:
             return
         if result is _NOT_STARTED:
-            child.state = "stopped"
+            child._state = "stopped"
         elif child.expected_exit:
-            child.state = "stopped"
+            child._state = "stopped"
             self._emit("exited", child, result)
         else:
-            child.state = "exited"
+            child._state = "exited"
             self._inbox_send.send_nowait(("exit", child, incarnation, result))
 
     async def _shutdown_all(self) -> None:
         for child in reversed(list(self._children)):
-            if child._running or child.state in _WAITING:
+            if child._running or child._state in _WAITING:
                 await self._stop_child(child)
-                child.state = "stopped"
+                child._state = "stopped"
                 child.ref = None
 
     # -- management API (SUP-36..43) --------------------------------------------------------
@@ -816,7 +855,7 @@ class Supervisor(_SupervisorBase):
             self._check_open()
             for existing in self._children:
                 if existing.id == spec.id:
-                    raise AlreadyStarted(spec.id, running=existing.state == "running")
+                    raise AlreadyStarted(spec.id, running=existing._state == "running")
             self._check_significant(spec)
             child = ChildRef(spec, spec.args)
             self._children.append(child)
@@ -839,9 +878,9 @@ class Supervisor(_SupervisorBase):
             child = self._find(child_id)
             child.wanted = False
             child.expected_exit = True  # an exit already queued must not restart it
-            if child._running or child.state in _WAITING:
+            if child._running or child._state in _WAITING:
                 await self._stop_child(child)
-            child.state = "stopped"
+            child._state = "stopped"
             child.ref = None
             if child.spec.restart == "temporary":
                 self._children.remove(child)
@@ -857,14 +896,14 @@ class Supervisor(_SupervisorBase):
         async with self._lock:
             self._check_open()
             child = self._find(child_id)
-            if child.state in _BUSY:
-                raise ChildRunning(child_id, _public_state(child.state))
+            if child._state in _BUSY:
+                raise ChildRunning(child_id, _public_state(child._state))
             child._flaps = None
             child._consecutive = 0
             try:
                 return await self._start(child)
             except StartError:
-                child.state = "stopped"
+                child._state = "stopped"
                 child.ref = None
                 raise
 
@@ -877,8 +916,8 @@ class Supervisor(_SupervisorBase):
         """
         async with self._lock:
             child = self._find(child_id)
-            if child.state in _BUSY:
-                raise ChildRunning(child_id, _public_state(child.state))
+            if child._state in _BUSY:
+                raise ChildRunning(child_id, _public_state(child._state))
             self._children.remove(child)
 
     def get_childspec(self, child_id: Hashable) -> ChildSpec:
@@ -890,8 +929,8 @@ class Supervisor(_SupervisorBase):
         return [
             ChildInfo(
                 c.id,
-                c.ref if c.state == "running" else None,
-                _public_state(c.state),
+                c.ref if c._state == "running" else None,
+                _public_state(c._state),
                 c.spec.type,
                 c.spec.restart,
             )
@@ -919,7 +958,7 @@ def _count(children: Iterable[ChildRef]) -> dict[str, int]:
     specs = active = supervisors = 0
     for child in children:
         specs += 1
-        if child.state == "running":
+        if child._state == "running":
             active += 1
         if child.spec.type == "supervisor":
             supervisors += 1
@@ -1018,24 +1057,41 @@ class DynamicSupervisor(_SupervisorBase):
         if self._failure is not None:
             raise self._failure
 
-    async def start_child(self, spec: Any, *args: Any) -> ChildRef:
+    async def start_child(
+        self,
+        spec: Any,
+        *args: Any,
+        failed_start: Literal["raise", "restart"] = "raise",
+    ) -> ChildRef:
         """Start a child; return once it has started (DYN-02..06).
 
         Args:
             spec: a :class:`ChildSpec`, or a Server subclass / function followed by
                 ``*args``. The spec's id is ignored; the returned :class:`ChildRef` is the
                 child's identity.
+            failed_start: what a failing first start does. ``"raise"`` (default, as in OTP):
+                raise :class:`StartError` and keep nothing. ``"restart"``: treat it like a
+                crash of a running child: return the :class:`ChildRef` at once (state
+                ``"restarting"``, ``ref`` None), emit an ``exited`` event whose reason is
+                the exception ``init`` raised, count it against the child's flap policy (or
+                the supervisor's intensity) and retry after the restart delay. A temporary
+                child is dropped instead (state ``"stopped"``).
 
         Returns:
-            The :class:`ChildRef`; ``child.ref`` is the ServerRef of a Server child.
+            The :class:`ChildRef`; ``child.ref`` is the ServerRef of a running Server child.
 
         Raises:
             MaxChildrenReached: ``max_children`` children already exist (restarting ones
                 count).
-            StartError: the child failed to start; nothing is kept.
+            StartError: the child failed to start (and ``failed_start="raise"``, or the
+                start was cancelled or interrupted); nothing is kept.
 
         Cancellation: cancelling the wait cancels the child's start.
         """
+        if failed_start not in ("raise", "restart"):
+            raise ValidationError(
+                {"failed_start": [f"must be 'raise' or 'restart'; got {failed_start!r}"]}
+            )
         spec = as_spec(spec, args)
         if spec.significant:
             raise ValidationError(
@@ -1050,6 +1106,7 @@ class DynamicSupervisor(_SupervisorBase):
         child = ChildRef(
             spec, self.extra_arguments + spec.args if self.extra_arguments else spec.args
         )
+        child.failed_start = failed_start
         child.scope = trio.CancelScope(shield=True)
         child.incarnation = 1
         child._running = True
@@ -1067,16 +1124,25 @@ class DynamicSupervisor(_SupervisorBase):
                     if result is not _NOT_STARTED:
                         self._emit("exited", child, result)
                     break
-                child.state = "stopped"
+                child._state = "stopped"
                 if result is _NOT_STARTED:
-                    if child.incarnation == 1:
+                    error = child.start_error
+                    assert error is not None
+                    reason: BaseException | None
+                    if child._ran:
+                        reason = error
+                        self._log_crash(child, reason, "failed to restart")
+                    elif self._start_failure_is_a_crash(child, error):
+                        # failed_start="restart": reported like the crash of a running child.
+                        reason = error.__cause__
+                        self._log_crash(child, reason, "failed to start")
+                    else:
                         break
-                    reason = child.start_error
-                    self._log_crash(child, reason, "failed to restart")
                 else:
                     reason = result
                     self._log_crash(child, reason, "crashed")
                 self._emit("exited", child, reason)
+                child.ref = None  # a child waiting for its restart has no ref
                 if not self._wants_restart(child, reason):
                     break
                 try:
@@ -1087,7 +1153,7 @@ class DynamicSupervisor(_SupervisorBase):
                     break
                 delay = self._restart_delay(child)
                 if delay > 0:
-                    child.state = "restarting"
+                    child._state = "restarting"
                     child.scope = trio.CancelScope()
                     with child.scope:
                         await trio.sleep(delay)
@@ -1096,8 +1162,9 @@ class DynamicSupervisor(_SupervisorBase):
                 child.scope = trio.CancelScope(shield=True)
                 child.incarnation += 1
         finally:
-            if child.state != "gave_up":
-                child.state = "stopped"
+            if child._state != "gave_up":
+                child._state = "stopped"
+            child.ref = None
             self._children.pop(child, None)
             child._task_finished()
             self._live -= 1
