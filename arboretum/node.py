@@ -30,9 +30,17 @@ from typing import Any
 
 import trio
 
-from . import Backoff, FlapPolicy, PubSub, Registry, ServerExited, ValidationError
+from . import (
+    Backoff,
+    FlapPolicy,
+    PubSub,
+    Registry,
+    ServerExited,
+    ValidationError,
+    open_dynamic_supervisor,
+    open_supervisor,
+)
 from . import child_spec as _child_spec
-from . import open_dynamic_supervisor, open_supervisor
 from .abilities import Abilities
 from .agents import (
     AgentManager,

@@ -21,7 +21,7 @@ from .. import ValidationError
 from ._builtins import BUILTINS
 from ._exceptions import AbilityError, AbilityNotAllowed
 
-__all__ = ["ENTRY_POINT_GROUP", "Ability", "Abilities"]
+__all__ = ["ENTRY_POINT_GROUP", "Abilities", "Ability"]
 
 logger = logging.getLogger("arboretum.abilities")
 

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from .. import telemetry
-from .. import Backoff, FlapPolicy, SlowSubscriber, child_spec
+from .. import Backoff, FlapPolicy, SlowSubscriber, child_spec, telemetry
 from ..store import CONFIG_FIELDS, AgentCreated, AgentDeleted, AgentRecord, AgentUpdated
 from ._results import LIFECYCLE_TOPIC, AgentLifecycle
 from ._retry import describe_error

@@ -639,6 +639,109 @@ def trigger(
         raise typer.Exit(EXIT_FAILED)
 
 
+@app.command(
+    "run",
+    epilog="Example: arboretum run --demo --port 0",
+)
+def run(
+    db: DbOption = Path("arboretum.db"),
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen on this host (default 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port", min=0, max=65535, help="Listen on this port (default 4000; 0: any free port)."
+        ),
+    ] = None,
+    allow_remote: Annotated[
+        bool,
+        typer.Option("--allow-remote", help="Allow a host reachable from other machines."),
+    ] = False,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            metavar="PATTERN",
+            help="Allow abilities from modules matching PATTERN, e.g. 'my_pkg.tools.*' "
+            "(repeatable).",
+        ),
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="Add the demo agents if the database has none.")
+    ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", metavar="FILE", help="A TOML settings file (default ./arboretum.toml)."
+        ),
+    ] = None,
+) -> None:
+    """Run a node in the foreground: its agents, the dashboard and the API (Ctrl-C stops)."""
+    from ..settings import DEFAULT_WEB, Settings
+    from ._run import run_node
+
+    out = Output()
+    overrides: dict[str, Any] = {"database": os.fspath(db)}
+    if allow:
+        overrides["allow"] = tuple(allow)
+    if allow_remote:
+        overrides["allow_remote"] = True
+    if config is not None and not config.is_file():
+        fail(out, CliError(EXIT_USAGE, f"no settings file at {config}", kind="bad_usage"))
+    try:
+        settings = Settings.load(config, **overrides)
+        web = settings.web or DEFAULT_WEB
+        if host is not None or port is not None:
+            web = (host or web[0], web[1] if port is None else port)
+        settings = settings.replace(web=web)
+    except ValidationError as exc:
+        fail(out, _as_cli_error(exc) or CliError(EXIT_USAGE, str(exc)))
+    try:
+        run_async(out, run_node, out, settings, demo)
+    except BaseException as exc:
+        reason = _os_error(exc)
+        if reason is None:
+            raise
+        host_text, port_text = settings.web or ("?", "?")
+        fail(
+            out,
+            CliError(
+                EXIT_FAILED,
+                f"cannot listen on {host_text}:{port_text}: {reason}; "
+                "pick another --port (0: any free port)",
+                kind="bind",
+            ),
+        )
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+    return None
+
+
+@app.command("top", epilog="Example: arboretum top --db my.db")
+def top(db: DbOption = Path("arboretum.db")) -> None:
+    """A live view of the running node's agents (q or Ctrl-C quits)."""
+    from ._top import run_top
+
+    out = Output()
+    run_async(out, run_top, out, os.fspath(db))
+
+
 def _markup(text: str, style: str) -> str:
     from rich.markup import escape
 
