@@ -322,6 +322,7 @@ async def open_node(
         poll_interval=config.poll_interval_s,
         run_history=config.run_history,
         wall_clock=config.wall_clock,
+        threads=config.store_threads,
     ) as store, _llm(llm_client) as llm, trio.open_nursery() as run_nursery:
         runtime = Runtime(
             store=store,

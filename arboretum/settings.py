@@ -89,6 +89,8 @@ class Settings:
         allow_remote: allow ``web`` on a host other than loopback.
         log_level: ``DEBUG`` ... ``CRITICAL``, for the ``arboretum`` loggers.
         run_history: runs kept per agent.
+        store_threads: run database calls in worker threads (the default); ``False`` runs
+            them on the trio thread, for tests under trio's virtual clock (code only).
         wall_clock: zero-argument callable returning an aware datetime (code only).
     """
 
@@ -105,6 +107,7 @@ class Settings:
     allow_remote: bool = False
     log_level: str = "INFO"
     run_history: int = 200
+    store_threads: bool = True
     wall_clock: Callable[[], datetime] = system_wall_clock
 
     def __post_init__(self) -> None:
@@ -297,10 +300,11 @@ _CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
     "allow_remote": _bool,
     "log_level": _log_level,
     "run_history": _int(1, 1_000_000),
+    "store_threads": _bool,
     "wall_clock": _wall_clock,
 }
 
-_CODE_ONLY: Final = frozenset({"wall_clock"})
+_CODE_ONLY: Final = frozenset({"wall_clock", "store_threads"})
 
 
 def _refuse_unknown(values: Mapping[str, Any], where: str) -> None:

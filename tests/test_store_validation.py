@@ -78,7 +78,11 @@ async def errors_for(store, attrs):
         ),
         (
             {"name": "a", "llm_config": {"provider": "cohere"}},
-            {"llm_config.provider": ["must be one of openai, anthropic, none; got 'cohere'"]},
+            {
+                "llm_config.provider": [
+                    "unknown provider 'cohere'; must be one of openai, anthropic, none"
+                ]
+            },
         ),
         (
             {"name": "a", "llm_config": {"provider": "openai"}},
@@ -104,7 +108,8 @@ async def errors_for(store, attrs):
             {"name": "a", "llm_config": {"endpoint_url": "https://u:pw@example.com"}},
             {
                 "llm_config.endpoint_url": [
-                    "must not contain a password; use llm_config.api_key_env_var"
+                    "must not contain a user name or password (a key in a URL leaks into "
+                    "logs); use llm_config.api_key_env_var"
                 ]
             },
         ),
@@ -113,7 +118,7 @@ async def errors_for(store, attrs):
             {
                 "llm_config.api_key_env_var": [
                     "must be the NAME of an environment variable (like OPENAI_API_KEY: "
-                    "letters, digits and _), never the key itself"
+                    "letters, digits and _, at most 128 characters), never the key itself"
                 ]
             },
         ),
@@ -127,11 +132,11 @@ async def errors_for(store, attrs):
         ),
         (
             {"name": "a", "llm_config": {"max_tokens": 0}},
-            {"llm_config.max_tokens": ["must be a whole number of at least 1"]},
+            {"llm_config.max_tokens": ["must be a whole number from 1 to 10000000"]},
         ),
         (
             {"name": "a", "llm_config": {"max_tokens": True}},
-            {"llm_config.max_tokens": ["must be a whole number of at least 1"]},
+            {"llm_config.max_tokens": ["must be a whole number from 1 to 10000000"]},
         ),
         (
             {"name": "a", "llm_config": {"timeout_s": 0}},
@@ -238,7 +243,7 @@ async def errors_for(store, attrs):
             },
             {
                 "responsibilities.r.schedule": [
-                    "is not a valid cron expression (Wrong number of fields); use five fields: "
+                    "is not a valid cron expression (1 field, not 5); use five fields: "
                     'minute hour day-of-month month day-of-week, e.g. "*/5 * * * *"'
                 ]
             },
@@ -271,7 +276,8 @@ async def errors_for(store, attrs):
             },
             {
                 "responsibilities.r.when": [
-                    "unknown key; accepted keys are: abilities, schedule, payload"
+                    "unknown key; accepted keys are: abilities, schedule, payload, timezone, "
+                    "misfire, misfire_grace_s"
                 ]
             },
         ),
@@ -391,6 +397,9 @@ async def test_a_full_valid_agent_is_normalized(store):
         "abilities": ["summarize"],
         "schedule": None,
         "payload": {},
+        "timezone": None,
+        "misfire": "record",
+        "misfire_grace_s": None,
     }
     assert agent.retry_policy == {
         "max_attempts": 5,

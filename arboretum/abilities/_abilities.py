@@ -57,7 +57,10 @@ def _syntax_error(name: str) -> str | None:
     if len(name) > _MAX_NAME:
         return f"the name is longer than {_MAX_NAME} characters"
     if not name.isascii():
-        return "ability names are ASCII (names are never normalised, so look-alike letters are refused)"
+        return (
+            "ability names are ASCII (names are never normalised, so look-alike letters "
+            "are refused)"
+        )
     if name.count(":") > 1:
         return "use at most one ':' (module.path:function)"
     module, _, function = name.partition(":")
@@ -286,7 +289,7 @@ class Abilities:
                 is already a built-in, registered or entry-point name, or ``fn`` is not
                 callable.
         """
-        if not isinstance(name, str) or ":" in name or (reason := _syntax_error(name)) is not None:
+        if not isinstance(name, str) or ":" in name or _syntax_error(name) is not None:
             raise AbilityError(
                 f"cannot register ability {name!r}: a registered name is plain ASCII "
                 "(letters, digits, _ and dots, no ':'), like 'greet' or 'tools.greet'",

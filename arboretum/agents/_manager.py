@@ -138,8 +138,9 @@ class AgentManager:
                 self._release_barriers()
                 with trio.CancelScope() as self._wait_scope:
                     event = await events.receive()
+                cancelled = self._wait_scope.cancelled_caught
                 self._wait_scope = None
-                if event is None:  # pragma: no cover - receive() never returns None
+                if cancelled:  # woken by barrier(): drain again, then release it
                     continue
             await self._apply(event)
 

@@ -39,7 +39,7 @@ class RetryPolicy:
     @classmethod
     def from_mapping(cls, policy: Mapping[str, Any]) -> RetryPolicy:
         """Build from a stored (already validated) ``retry_policy``; missing keys default."""
-        known = {k: policy[k] for k in cls.__slots__ if k in policy}  # type: ignore[attr-defined]
+        known = {k: policy[k] for k in cls.__slots__ if k in policy}
         return cls(**known)
 
     def delay_s(self, failed_attempt: int, rng: random.Random | None = None) -> float:

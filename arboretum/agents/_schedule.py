@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
 
-__all__ = ["MAX_COUNTED_TICKS", "Schedule", "aware_utc", "parse_schedules"]
+__all__ = ["MAX_COUNTED_TICKS", "Schedule", "TickSpan", "aware_utc", "parse_schedules"]
 
 #: Counting missed ticks stops here (a one-minute schedule down for a year would be 525,600).
 MAX_COUNTED_TICKS: Final = 100_000
@@ -27,6 +27,16 @@ def aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+@dataclass(slots=True)
+class TickSpan:
+    """Ticks found in an interval: ``count`` (capped), the first, second-to-last and last."""
+
+    count: int = 0
+    first: datetime | None = None
+    before_last: datetime | None = None
+    last: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -60,31 +70,30 @@ class Schedule:
 
     def ticks_between(
         self, after: datetime, until: datetime, limit: int = MAX_COUNTED_TICKS
-    ) -> tuple[int, datetime | None, datetime | None]:
-        """Ticks in ``(after, until]``: how many (at most ``limit``), the first and the last.
+    ) -> TickSpan:
+        """The ticks in ``(after, until]``: how many (at most ``limit``), first, second-to-last
+        and last.
 
-        When there are more than ``limit``, the count stops at ``limit`` but the last tick is
-        still the true latest one (found by stepping back from ``until``).
+        Past ``limit`` the count stops, but ``last`` is still the true latest tick (found by
+        stepping back from ``until``).
         """
-        count = 0
-        first = last = None
+        span = TickSpan()
         until_ts = until.timestamp()
         for tick in CronSim(self.expr, after.astimezone(self.tz)):
             if tick.timestamp() > until_ts:
-                return count, first, last
-            count += 1
-            if first is None:
-                first = tick
-            last = tick
-            if count >= limit:
+                return span
+            span.count += 1
+            if span.first is None:
+                span.first = tick
+            span.before_last, span.last = span.last, tick
+            if span.count >= limit:
                 break
-        # Too many to count: find the latest tick at or before ``until``.
-        probe = self._latest_at_or_before(until)
-        return count, first, probe if probe is not None else last
+        latest = self._latest_at_or_before(until)
+        if latest is not None and span.last is not None and latest > span.last:
+            span.before_last, span.last = None, latest
+        return span
 
     def _latest_at_or_before(self, until: datetime) -> datetime | None:
-        from datetime import timedelta
-
         span = timedelta(minutes=1)
         for _ in range(40):
             start = until - span

@@ -74,6 +74,11 @@ class _Stopped:
 STOPPED: Final = _Stopped()
 
 
+@dataclass(frozen=True, slots=True)
+class _CompanionCrashed:
+    error: Exception
+
+
 def _summary(value: Any) -> str | None:
     if value is None:
         return None
@@ -151,6 +156,11 @@ class AgentServer(Server):
             job.key == key for job in self._queue
         )
 
+    async def handle_info(self, message: Any) -> None:
+        if isinstance(message, _CompanionCrashed):
+            raise message.error
+        await super().handle_info(message)
+
     async def terminate(self, reason: BaseException | None) -> None:
         self._stopping = True
         queued = list(self._queue)
@@ -182,13 +192,18 @@ class AgentServer(Server):
             )
 
     async def _companion_task(self, scope: trio.CancelScope) -> None:
-        with scope:
-            if self.schedules:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._scheduler)
+        try:
+            with scope:
+                if self.schedules:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._scheduler)
+                        await self._worker()
+                else:
                     await self._worker()
-            else:
-                await self._worker()
+        except Exception as exc:
+            # Never into the node's run nursery: crash this agent's server instead, so its
+            # supervisor restarts it (and flap detection sees it).
+            self.ref.send(_CompanionCrashed(exc))
 
     async def _worker(self) -> None:
         while True:
@@ -206,7 +221,7 @@ class AgentServer(Server):
 
     def _first_ability(self, key: str) -> str:
         resp = self.record.responsibilities.get(key) or {}
-        return (resp.get("abilities") or ["?"])[0]
+        return str((resp.get("abilities") or ["?"])[0])
 
     async def _execute(self, job: _Job) -> list[RunResult]:
         resp = self.record.responsibilities[job.key]
@@ -234,9 +249,12 @@ class AgentServer(Server):
             with trio.CancelScope(shield=True):
                 await self._finish(job, names, done, progress, started)
             raise
-        return await self._finish(
-            job, names, done, progress if job.scope.cancelled_caught else None, started
-        )
+        # Shielded (and bounded inside): a stop that cancels the companion right after the
+        # run must not cut the recording of that run short.
+        with trio.CancelScope(shield=True):
+            return await self._finish(
+                job, names, done, progress if job.scope.cancelled_caught else None, started
+            )
 
     async def _run_ability(
         self, name: str, payload: dict[str, Any], previous: Any, job: _Job, progress: Attempts
@@ -349,13 +367,17 @@ class AgentServer(Server):
                 await self._fire(schedule, now)
 
     async def _fire(self, schedule: Schedule, now: datetime) -> None:
-        assert schedule.next_tick is not None and schedule.last_tick is not None
-        count, first, last = schedule.ticks_between(schedule.last_tick, now)
-        assert first is not None and last is not None
-        if count > 1:
+        assert schedule.last_tick is not None
+        span = schedule.ticks_between(schedule.last_tick, now)
+        last = span.last
+        assert span.first is not None and last is not None
+        if span.count > 1:
             # The loop was held up past several ticks (a wall clock jump, a blocked loop):
-            # run the latest, account for the others.
-            await self._record_missed(schedule, count - 1, first, last, "the node was late")
+            # run the latest, account for the others in one row.
+            await self._record_missed(
+                schedule, span.count - 1, span.first, span.before_last or span.first,
+                "the node was late: the wall clock jumped or the loop was held up",
+            )
         schedule.advance(last)
         if self._busy_with(schedule.key):
             job = _Job(schedule.key, None, "schedule", None, scheduled_for=last)
@@ -393,7 +415,8 @@ class AgentServer(Server):
                 schedule.advance(now)  # nothing recorded: nothing was missed
                 continue
             previous = aware_utc(run.scheduled_for)
-            count, first, last = schedule.ticks_between(previous, now)
+            span = schedule.ticks_between(previous, now)
+            count, first, last = span.count, span.first, span.last
             if count == 0 or first is None or last is None:
                 schedule.last_tick = previous
                 schedule.next_tick = schedule.next_after(max(previous, now))

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
+from .._schema import validate_llm_config
 from ._exceptions import LLMConfigError
 
 #: Seconds a request may take when ``llm_config`` sets no ``timeout_s``.
 DEFAULT_TIMEOUT_S = 60.0
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,11 +43,15 @@ class LLMConfig:
     ) -> LLMConfig:
         """Check a raw ``llm_config`` mapping and build an :class:`LLMConfig`.
 
-        Keys this client does not know are ignored, so newer configurations still load.
+        The rules are the store's (:func:`arboretum.store.validate_llm_config`, defined
+        once in ``arboretum._schema``), except that keys this client does not know are
+        ignored, so newer configurations still load, and ``known_providers`` replaces the
+        built-in provider list.
 
         Args:
             cfg: the agent's ``llm_config``.
-            known_providers: the provider names accepted (a container); ``None`` accepts any.
+            known_providers: the provider names accepted (a container); ``None`` accepts any
+                non-empty name.
 
         Raises:
             LLMConfigError: with one line per bad field; a value that might be a key is
@@ -63,86 +63,31 @@ class LLMConfig:
             raise LLMConfigError(
                 f"llm_config must be a mapping (a JSON object), not {type(cfg).__name__}"
             )
-        errors: dict[str, str] = {}
-
-        provider = cfg.get("provider")
-        if not isinstance(provider, str) or not provider:
-            errors["provider"] = "is required"
-            provider = ""
-        elif known_providers is not None and provider not in known_providers:
-            accepted = ", ".join(repr(p) for p in sorted(known_providers))
-            errors["provider"] = f"unknown provider {provider!r}; accepted: {accepted}"
-
-        model = cfg.get("model")
-        if model is None or model == "":
-            if provider and provider != "none":
-                errors["model"] = (
-                    "is required (e.g. 'gpt-4o-mini', 'claude-sonnet-4-5', 'llama3.2')"
-                )
-            model = ""
-        elif not isinstance(model, str):
-            errors["model"] = "must be a string"
-            model = ""
-
-        endpoint = cfg.get("endpoint_url")
-        if endpoint is not None and endpoint != "":
-            if not isinstance(endpoint, str):
-                errors["endpoint_url"] = "must be a string"
-                endpoint = None
-            else:
-                parts = urlsplit(endpoint)
-                if parts.scheme not in ("http", "https") or not parts.netloc:
-                    errors["endpoint_url"] = f"must be an http:// or https:// URL, got {endpoint!r}"
-                endpoint = endpoint.rstrip("/")
-        else:
-            endpoint = None
-
-        key_var = cfg.get("api_key_env_var")
-        if key_var is not None and key_var != "":
-            if not isinstance(key_var, str) or not _ENV_NAME.fullmatch(key_var):
-                # Never echo the value: someone may have pasted the key itself here.
-                errors["api_key_env_var"] = (
-                    "must be the NAME of an environment variable (letters, digits and _, "
-                    "e.g. 'OPENAI_API_KEY'), never the key itself"
-                )
-                key_var = None
-        else:
-            key_var = None
-
-        temperature = cfg.get("temperature")
-        if temperature is not None:
-            if not _is_number(temperature) or not 0 <= temperature <= 2:
-                errors["temperature"] = f"must be a number from 0 to 2, got {temperature!r}"
-                temperature = None
-            else:
-                temperature = float(temperature)
-
-        max_tokens = cfg.get("max_tokens")
-        if max_tokens is not None:
-            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-                errors["max_tokens"] = f"must be a positive integer, got {max_tokens!r}"
-                max_tokens = None
-
-        timeout_s = cfg.get("timeout_s")
-        if timeout_s is None:
-            timeout_s = DEFAULT_TIMEOUT_S
-        elif not _is_number(timeout_s) or timeout_s <= 0:
-            errors["timeout_s"] = f"must be a positive number of seconds, got {timeout_s!r}"
-            timeout_s = DEFAULT_TIMEOUT_S
-
-        if errors:
-            lines = "; ".join(f"llm_config.{k} {v}" for k, v in errors.items())
-            raise LLMConfigError(f"invalid llm_config: {lines}", provider=provider or None)
-        return cls(
-            provider=provider,
-            model=model,
-            endpoint_url=endpoint,
-            api_key_env_var=key_var,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            timeout_s=float(timeout_s),
+        # The same rules the store applies at write time (arboretum._schema), so a config
+        # the store accepted is one this client can use. Unknown keys are ignored here, so
+        # configurations written by a newer arboretum still load.
+        normalized, errors = validate_llm_config(
+            cfg,
+            providers=known_providers,
+            ignore_unknown_keys=True,
+            require_provider=True,
         )
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        provider = normalized.get("provider")
+        if errors:
+            lines = "; ".join(f"{k} {' and '.join(v)}" for k, v in errors.items())
+            raise LLMConfigError(
+                f"invalid llm_config: {lines}",
+                provider=provider if isinstance(provider, str) and provider else None,
+            )
+        endpoint = normalized.get("endpoint_url")
+        temperature = normalized.get("temperature")
+        timeout_s = normalized.get("timeout_s")
+        return cls(
+            provider=str(provider),
+            model=normalized.get("model") or "",
+            endpoint_url=endpoint.rstrip("/") if endpoint else None,
+            api_key_env_var=normalized.get("api_key_env_var"),
+            temperature=None if temperature is None else float(temperature),
+            max_tokens=normalized.get("max_tokens"),
+            timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s),
+        )

@@ -17,6 +17,15 @@ Versions:
 2. ``agents.retry_policy`` (existing rows get the default policy), the ``agent_runs``
    history table, and a trigger that bumps ``updated_at`` on any update that did not set
    it (so hand edits reach the change feed).
+3. ``agent_runs.scheduled_for`` (the cron tick a scheduled run belongs to) and a CHECK on
+   ``agent_runs.status`` (ok, error, timeout, cancelled, skipped, missed): SQLite cannot add
+   a CHECK to a table, so ``agent_runs`` is rebuilt, keeping every row and id (a row whose
+   status was none of these becomes ``error``, its old status kept in ``error``); an index
+   for the newest scheduled run of each responsibility; and an index on
+   ``name COLLATE NOCASE`` for the case-insensitive name check.
+
+Before anything is written — before the file is even switched to WAL mode — :func:`peek`
+checks that the file is one this version may migrate, so a refused file is left untouched.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from typing import Any, Final
 
 from ._exceptions import SchemaTooNew, StoreError
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate", "schema_version"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration", "migrate", "peek", "schema_version"]
 
 _NOW_SQL = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
 
@@ -55,6 +64,8 @@ _V2_DEFAULT_RETRY = json.dumps(
     },
     separators=(",", ":"),
 )
+
+_V3_STATUSES = "('ok', 'error', 'timeout', 'cancelled', 'skipped', 'missed')"
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
@@ -113,6 +124,57 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             """,
         ),
     ),
+    Migration(
+        3,
+        "add agent_runs.scheduled_for and a status CHECK; case-insensitive name index",
+        (
+            f"""
+            CREATE TABLE agent_runs_v3 (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                agent_id INTEGER NOT NULL REFERENCES agents (id) ON DELETE CASCADE,
+                responsibility TEXT NOT NULL,
+                ability TEXT NOT NULL,
+                "trigger" TEXT NOT NULL,
+                status TEXT NOT NULL CHECK (status IN {_V3_STATUSES}),
+                attempts INTEGER NOT NULL DEFAULT 1,
+                duration_ms INTEGER NOT NULL DEFAULT 0,
+                error TEXT,
+                result_summary TEXT,
+                inserted_at DATETIME NOT NULL,
+                scheduled_for DATETIME
+            )
+            """,
+            f"""
+            INSERT INTO agent_runs_v3 (id, agent_id, responsibility, ability, "trigger", status,
+                                       attempts, duration_ms, error, result_summary, inserted_at)
+            SELECT id, agent_id, responsibility, ability, "trigger",
+                   CASE WHEN status IN {_V3_STATUSES} THEN status ELSE 'error' END,
+                   attempts, duration_ms,
+                   CASE WHEN status IN {_V3_STATUSES} THEN error
+                        ELSE 'recorded with status ' || quote(status)
+                             || coalesce(': ' || error, '') END,
+                   result_summary, inserted_at
+            FROM agent_runs
+            """,
+            # Keep AUTOINCREMENT's high-water mark: run ids are never reused.
+            "DELETE FROM sqlite_sequence WHERE name = 'agent_runs_v3'",
+            """
+            INSERT INTO sqlite_sequence (name, seq)
+            SELECT 'agent_runs_v3', MAX(seq) FROM (
+                SELECT seq FROM sqlite_sequence WHERE name = 'agent_runs'
+                UNION ALL SELECT MAX(id) FROM agent_runs_v3
+            ) HAVING MAX(seq) IS NOT NULL
+            """,
+            "DROP TABLE agent_runs",
+            "ALTER TABLE agent_runs_v3 RENAME TO agent_runs",
+            "CREATE INDEX agent_runs_agent_id_id ON agent_runs (agent_id, id)",
+            """
+            CREATE INDEX agent_runs_scheduled ON agent_runs
+                (agent_id, responsibility, scheduled_for, id) WHERE scheduled_for IS NOT NULL
+            """,
+            "CREATE INDEX agents_name_nocase ON agents (name COLLATE NOCASE)",
+        ),
+    ),
 )
 
 #: The schema version this version of arboretum writes (and the newest it can read).
@@ -136,6 +198,27 @@ def schema_version(db: Any) -> int:
     return int(row[0] or 0)
 
 
+def peek(db: Any, path: str) -> int:
+    """Check, reading only, that ``db`` is a file this version may open and migrate.
+
+    Returns:
+        The schema version found (0 for a new file).
+
+    Raises:
+        SchemaTooNew: the database was written by a newer arboretum.
+        StoreError: the file holds an ``agents`` table that no arboretum version created.
+    """
+    version = schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(version, SCHEMA_VERSION, path)
+    if version == 0 and "agents" in set(db.get_tables()):
+        raise StoreError(
+            f"{path} already has an 'agents' table but no arboretum schema version: "
+            "it was not created by arboretum. Use another file."
+        )
+    return version
+
+
 def migrate(db: Any, path: str) -> tuple[int, int]:
     """Bring ``db`` to :data:`SCHEMA_VERSION`, in one write transaction.
 
@@ -151,16 +234,9 @@ def migrate(db: Any, path: str) -> tuple[int, int]:
         StoreError: the file holds an ``agents`` table that no arboretum version created.
     """
     with db.atomic():
-        before = schema_version(db)
-        if before > SCHEMA_VERSION:
-            raise SchemaTooNew(before, SCHEMA_VERSION, path)
+        before = peek(db, path)  # again, under the write lock: another process may have won
         if before == SCHEMA_VERSION:
             return before, before
-        if before == 0 and "agents" in set(db.get_tables()):
-            raise StoreError(
-                f"{path} already has an 'agents' table but no arboretum schema version: "
-                "it was not created by arboretum. Use another file."
-            )
         db.execute_sql(_CREATE_SCHEMA_TABLE)
         for migration in MIGRATIONS:
             if migration.version <= before:

@@ -12,9 +12,12 @@ connection, never share a binding.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import peewee as pw
+
+from .._schema import AGENT_FIELDS
 
 __all__ = ["Agent", "AgentRun", "SchemaMigration", "bind_models"]
 
@@ -25,23 +28,42 @@ class _Base(pw.Model):
         legacy_table_names = False
 
 
-class Agent(_Base):
-    """One configured agent (see docs/agents.md for every field)."""
+def _agent_columns() -> dict[str, Any]:
+    # The columns follow the one definition of the agent document (arboretum._schema).
+    kinds: dict[str, Callable[[], Any]] = {
+        "id": lambda: pw.AutoField(),
+        "text": lambda: pw.TextField(),
+        "choice": lambda: pw.TextField(),
+        "object": lambda: pw.JSONField(default=dict),
+        "list": lambda: pw.JSONField(default=list),
+        "datetime": lambda: pw.DateTimeField(),
+    }
+    columns: dict[str, Any] = {}
+    for spec in AGENT_FIELDS:
+        column = kinds[spec.kind]()
+        if spec.name == "name":
+            column = pw.TextField(unique=True)
+        elif spec.writable_by == "runtime":
+            column = pw.TextField(null=True)
+        columns[spec.name] = column
+    return columns
 
-    id = pw.AutoField()
-    name = pw.TextField(unique=True)
-    status = pw.TextField(default="active")
-    llm_config = pw.JSONField(default=dict)
-    prompts = pw.JSONField(default=dict)
-    abilities = pw.JSONField(default=list)
-    responsibilities = pw.JSONField(default=dict)
-    retry_policy = pw.JSONField(default=dict)
-    last_error = pw.TextField(null=True)
-    inserted_at = pw.DateTimeField()
-    updated_at = pw.DateTimeField()
 
-    class Meta:
-        table_name = "agents"
+class _AgentMeta:
+    table_name = "agents"
+
+
+#: One configured agent (see docs/agents.md for every field).
+Agent: Any = type(
+    "Agent",
+    (_Base,),
+    {
+        **_agent_columns(),
+        "Meta": _AgentMeta,
+        "__module__": __name__,
+        "__doc__": "One configured agent (see docs/agents.md for every field).",
+    },
+)
 
 
 class AgentRun(_Base):
@@ -60,6 +82,7 @@ class AgentRun(_Base):
     error = pw.TextField(null=True)
     result_summary = pw.TextField(null=True)
     inserted_at = pw.DateTimeField()
+    scheduled_for = pw.DateTimeField(null=True)
 
     class Meta:
         table_name = "agent_runs"
@@ -80,9 +103,7 @@ class SchemaMigration(_Base):
 def bind_models(database: pw.Database) -> tuple[Any, Any]:
     """Return ``(Agent, AgentRun)`` subclasses bound to ``database`` (and to nothing else)."""
 
-    class BoundAgent(Agent):
-        class Meta:
-            table_name = "agents"
+    BoundAgent: Any = type("BoundAgent", (Agent,), {"Meta": _AgentMeta, "__module__": __name__})
 
     class BoundAgentRun(AgentRun):
         class Meta:

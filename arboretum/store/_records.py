@@ -9,12 +9,16 @@ read; treat them as read-only (one broadcast event is shared by every subscriber
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final
 
+from .. import _schema
+
 __all__ = [
+    "AGENT_COLUMNS",
     "CONFIG_FIELDS",
+    "RUN_COLUMNS",
     "AgentCreated",
     "AgentDeleted",
     "AgentEvent",
@@ -24,23 +28,9 @@ __all__ = [
     "RunRecorded",
 ]
 
-#: The fields whose change means "the agent's configuration changed" (a running agent
-#: should be restarted). ``status`` is separate: it decides whether the agent runs at all.
-CONFIG_FIELDS: Final = frozenset(
-    {"name", "llm_config", "prompts", "abilities", "responsibilities", "retry_policy"}
-)
-
-# Every field of AgentRecord that can change, in table order (timestamps excluded).
-_COMPARED_FIELDS: Final = (
-    "name",
-    "status",
-    "llm_config",
-    "prompts",
-    "abilities",
-    "responsibilities",
-    "retry_policy",
-    "last_error",
-)
+# The field lists come from the one definition of the agent document (arboretum._schema).
+CONFIG_FIELDS: Final = _schema.CONFIG_FIELDS
+_COMPARED_FIELDS: Final = _schema.COMPARED_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +45,19 @@ class AgentRecord:
             max_tokens, timeout_s (see docs/agents.md).
         prompts: ``"system"`` and named templates.
         abilities: the ability names the agent may use.
-        responsibilities: key -> ``{"abilities": [...], "schedule": str | None, "payload": {}}``.
+        responsibilities: key -> ``{"abilities": [...], "schedule": str | None,
+            "payload": {}, "timezone": str | None, "misfire": "record" | "run_once",
+            "misfire_grace_s": float | None}`` (every key always present).
         retry_policy: max_attempts, initial_delay_ms, max_delay_ms, multiplier, jitter,
             attempt_timeout_ms.
         last_error: written by the runtime only; ``None`` when there is none.
         inserted_at: when the row was created (UTC, naive).
         updated_at: when the row last changed (UTC, naive).
+        unreadable: field -> why, for a row the store could not fully decode (a hand edit
+            that wrote text that is not UTF-8, or JSON nested too deep to read). Such a
+            field holds a stand-in (its default, or the text with bad bytes replaced), the
+            agent is never :attr:`active`, and writing the field with ``update_agent``
+            repairs the row. Empty for every sound row.
     """
 
     id: int
@@ -74,26 +71,19 @@ class AgentRecord:
     last_error: str | None
     inserted_at: datetime
     updated_at: datetime
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     @property
     def active(self) -> bool:
-        """Whether the node should be running this agent."""
-        return self.status == "active"
+        """Whether the node should be running this agent (never for an unreadable row)."""
+        return self.status == "active" and not self.unreadable
 
     def config(self) -> dict[str, Any]:
         """The user-editable fields, as a dict that ``create_agent`` would accept.
 
         The result is a deep copy: changing it does not change this record.
         """
-        return {
-            "name": self.name,
-            "status": self.status,
-            "llm_config": copy.deepcopy(self.llm_config),
-            "prompts": copy.deepcopy(self.prompts),
-            "abilities": list(self.abilities),
-            "responsibilities": copy.deepcopy(self.responsibilities),
-            "retry_policy": copy.deepcopy(self.retry_policy),
-        }
+        return {name: copy.deepcopy(getattr(self, name)) for name in _schema.USER_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (timestamps as ISO 8601 strings with a ``Z``)."""
@@ -102,6 +92,8 @@ class AgentRecord:
         data["last_error"] = self.last_error
         data["inserted_at"] = self.inserted_at.isoformat() + "Z"
         data["updated_at"] = self.updated_at.isoformat() + "Z"
+        if self.unreadable:
+            data["unreadable"] = dict(self.unreadable)
         return data
 
     def changed_fields(self, other: AgentRecord) -> frozenset[str]:
@@ -119,13 +111,14 @@ class RunRecord:
         responsibility: the responsibility key that was triggered.
         ability: the ability name that ran.
         trigger: what started it, by convention ``"manual"``, ``"api"`` or ``"schedule"``.
-        status: the outcome, by convention ``"ok"``, ``"error"``, ``"timeout"`` or
-            ``"cancelled"``.
+        status: the outcome: ``"ok"``, ``"error"``, ``"timeout"``, ``"cancelled"``,
+            ``"skipped"`` or ``"missed"``.
         attempts: how many attempts were made (retries included).
         duration_ms: wall time of all attempts together.
         error: the last error's text, or ``None``.
         result_summary: a short text form of the result, or ``None``.
         inserted_at: when the run was recorded (UTC, naive).
+        scheduled_for: the cron tick a scheduled run belongs to (UTC, naive), or ``None``.
     """
 
     id: int
@@ -139,6 +132,7 @@ class RunRecord:
     error: str | None
     result_summary: str | None
     inserted_at: datetime
+    scheduled_for: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready."""
@@ -154,6 +148,9 @@ class RunRecord:
             "error": self.error,
             "result_summary": self.result_summary,
             "inserted_at": self.inserted_at.isoformat() + "Z",
+            "scheduled_for": (
+                None if self.scheduled_for is None else self.scheduled_for.isoformat() + "Z"
+            ),
         }
 
 
@@ -232,3 +229,12 @@ class RunRecorded:
     """
 
     run: RunRecord
+
+
+#: The columns of ``agents`` in table order: also the order of AgentRecord's fields, which
+#: the store relies on to build records positionally (fast for 10,000 rows).
+AGENT_COLUMNS: Final = tuple(f.name for f in _schema.AGENT_FIELDS)
+#: The columns of ``agent_runs``, in RunRecord's field order.
+RUN_COLUMNS: Final = tuple(f.name for f in fields(RunRecord))
+if tuple(f.name for f in fields(AgentRecord))[: len(AGENT_COLUMNS)] != AGENT_COLUMNS:
+    raise AssertionError("AgentRecord's fields must follow arboretum._schema.AGENT_FIELDS")

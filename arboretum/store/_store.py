@@ -39,46 +39,41 @@ twice. Runs (``record_run``) are broadcast as :class:`RunRecorded` on ``"agent_r
 
 from __future__ import annotations
 
-import gc
-import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime
 from enum import Enum
-from json import loads as _loads
 from typing import Any, Final, Literal, TypeVar
 
-import peewee as pw
 import trio
 
 from .._core._exceptions import ValidationError
 from .._core._pubsub import Policy, PubSub, Subscription
-from ._exceptions import AgentNotFound, StoreClosed, StoreError, UnsupportedDatabase
-from ._migrations import SCHEMA_VERSION, migrate
-from ._models import bind_models
-from ._records import (
-    AgentCreated,
-    AgentDeleted,
-    AgentEvent,
-    AgentRecord,
-    AgentUpdated,
-    RunRecord,
-    RunRecorded,
-)
-from ._validation import (
+from .._schema import (
+    RUN_STATUSES,
     STATUSES,
     Errors,
-    Validator,
     agent_defaults,
     cast_changes,
+    safe_text,
     validate_agent,
 )
+from ._backend import SQLiteBackend, logger
+from ._exceptions import StoreClosed, StoreError, UnsupportedDatabase
+from ._migrations import SCHEMA_VERSION
+from ._records import AgentRecord, RunRecord, RunRecorded
 
-__all__ = ["AGENTS_TOPIC", "RUNS_TOPIC", "UNSET", "AgentRef", "Store", "open_store"]
-
-logger = logging.getLogger("arboretum.store")
+__all__ = [
+    "AGENTS_TOPIC",
+    "RUNS_TOPIC",
+    "UNSET",
+    "AgentRef",
+    "Store",
+    "Validator",
+    "open_store",
+]
 
 T = TypeVar("T")
 
@@ -89,35 +84,14 @@ RUNS_TOPIC: Final = "agent_runs"
 
 #: How to name an agent: its id, its name, or a record of it.
 AgentRef = int | str | AgentRecord
+#: ``fn(agent) -> {field: [messages]}``; an empty dict means "no objection".
+Validator = Callable[[Mapping[str, Any]], Mapping[str, list[str]]]
 
-_TEXT_MAX = 10_000
-_IN_CHUNK = 500
-_AGENT_COLUMNS: Final = (
-    "id",
-    "name",
-    "status",
-    "llm_config",
-    "prompts",
-    "abilities",
-    "responsibilities",
-    "retry_policy",
-    "last_error",
-    "inserted_at",
-    "updated_at",
-)
-_RUN_COLUMNS: Final = (
-    "id",
-    "agent_id",
-    "responsibility",
-    "ability",
-    "trigger",
-    "status",
-    "attempts",
-    "duration_ms",
-    "error",
-    "result_summary",
-    "inserted_at",
-)
+_TEXT_MAX: Final = 10_000
+_RUN_FIELD_MAX: Final = 200
+_ATTEMPTS_MAX: Final = 1_000_000_000
+_DURATION_MAX: Final = 2**62
+_UPDATE_TRIES: Final = 5
 
 
 class _Unset(Enum):
@@ -131,68 +105,10 @@ class _Unset(Enum):
 UNSET: Final = _Unset.UNSET
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _clip(text: str | None) -> str | None:
-    if text is None:
-        return None
-    text = str(text)
-    marker = "… (truncated)"
-    return text if len(text) <= _TEXT_MAX else text[: _TEXT_MAX - len(marker)] + marker
-
-
-def _parse_ts(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return _loads(value)
-        except ValueError:
-            return value  # a hand edit the CHECK constraints could not refuse; keep it
-    return value
-
-
-def _to_record(row: Sequence[Any]) -> AgentRecord:
-    return AgentRecord(
-        id=row[0],
-        name=row[1],
-        status=row[2],
-        llm_config=_json(row[3]),
-        prompts=_json(row[4]),
-        abilities=_json(row[5]),
-        responsibilities=_json(row[6]),
-        retry_policy=_json(row[7]),
-        last_error=row[8],
-        inserted_at=_parse_ts(row[9]),
-        updated_at=_parse_ts(row[10]),
-    )
-
-
-@contextmanager
-def _gc_paused(n_rows: int) -> Iterator[None]:
-    """Pause the cyclic garbage collector while decoding many rows.
-
-    Decoding 10,000 agents allocates ~100,000 containers, which triggers several full
-    collections that find nothing (measured: 290-440 ms with, 190 ms without). The pause
-    lasts one conversion; when the collector was already off, it is left off.
-    """
-    if n_rows < 1000 or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+def _utc_naive(value: object, what: str) -> datetime:
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise TypeError(f"{what} must be an aware datetime, got {value!r}")
+    return value.astimezone(UTC).replace(tzinfo=None)
 
 
 def _resolve_path(path_or_url: str | os.PathLike[str]) -> str:
@@ -239,40 +155,33 @@ class Store:
         poll_interval: float = 0.2,
         run_history: int = 200,
         busy_timeout: float = 10.0,
+        wall_clock: Callable[[], datetime] | None = None,
+        threads: bool = True,
     ) -> None:
-        if not (isinstance(poll_interval, int | float) and poll_interval > 0):
+        if not (
+            isinstance(poll_interval, int | float)
+            and not isinstance(poll_interval, bool)
+            and 0 < poll_interval < math.inf
+        ):
             raise ValueError(f"poll_interval must be a positive number, got {poll_interval!r}")
-        if not (isinstance(run_history, int) and run_history >= 1):
+        if not (isinstance(run_history, int) and not isinstance(run_history, bool)) or not (
+            1 <= run_history <= 10**9
+        ):
             raise ValueError(f"run_history must be a positive int, got {run_history!r}")
+        if wall_clock is not None and not callable(wall_clock):
+            raise TypeError(f"wall_clock must be a callable or None, got {wall_clock!r}")
+        if not isinstance(threads, bool):
+            raise TypeError(f"threads must be True or False, got {threads!r}")
         self.path = path
         self.pubsub = pubsub
         self.poll_interval = float(poll_interval)
         self.run_history = run_history
         self._validators: list[Validator] = list(validators)
-        # Typed Any: peewee's API is untyped, and mypy --strict would flag every call.
-        self._db: Any = pw.SqliteDatabase(
-            path,
-            pragmas={
-                "journal_mode": "wal",
-                "foreign_keys": 1,
-                "synchronous": "normal",
-            },
-            timeout=busy_timeout,
-            lock_type="IMMEDIATE",
-            thread_safe=False,
-            check_same_thread=False,
-            autoconnect=False,
-        )
-        self._Agent, self._AgentRun = bind_models(self._db)
+        self._wall_clock = wall_clock
+        self._threads = threads
+        self._backend = SQLiteBackend(path, busy_timeout=busy_timeout, run_history=run_history)
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
-        # What this store last knew of every row: raw updated_at text and the record.
-        # Only touched in the worker thread, under the limiter.
-        self._stamps: dict[int, str] = {}
-        self._known: dict[int, AgentRecord] = {}
-        self._data_version: int | None = None
-        self._polls = 0
-        self._external_events = 0
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -283,38 +192,42 @@ class Store:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise StoreClosed(f"the store {self.path!r} is closed")
-        return await trio.to_thread.run_sync(self._guarded, fn, *args, limiter=self._limiter)
+        return await self._dispatch(self._guarded, fn, *args)
+
+    async def _dispatch(self, fn: Callable[..., T], *args: Any) -> T:
+        # One database call at a time: in a worker thread (the loop stays free), or inline
+        # on the trio thread with threads=False (the loop blocks; virtual clocks stay put).
+        try:
+            if self._threads:
+                return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            async with self._limiter:
+                return fn(*args)
+        finally:
+            self._flush()
 
     def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
-        # Runs in the worker thread, under the limiter.
-        if self._db.is_closed():
+        # Runs under the limiter (in the worker thread, or inline).
+        if self._closed:
             raise StoreClosed(f"the store {self.path!r} is closed")
-        return self._translated(fn, *args)
+        return self._backend.call(fn, *args)
 
-    def _translated(self, fn: Callable[..., T], *args: Any) -> T:
-        try:
-            return fn(*args)
-        except (ValidationError, StoreError):
-            raise
-        except pw.IntegrityError as exc:
-            if "agents.name" in str(exc):
-                raise ValidationError({"name": ["has already been taken"]}) from exc
-            raise StoreError(f"{self.path}: the database refused the write: {exc}") from exc
-        except pw.DatabaseError as exc:
-            raise StoreError(f"{self.path}: database error: {exc}") from exc
+    def _flush(self) -> None:
+        # Broadcast what the backend recorded, in order. The deque is drained with popleft,
+        # which is atomic, so a call finishing in another thread cannot lose an event.
+        events = self._backend.events
+        while True:
+            try:
+                event = events.popleft()
+            except IndexError:
+                return
+            topic = RUNS_TOPIC if isinstance(event, RunRecorded) else AGENTS_TOPIC
+            self.pubsub.broadcast(topic, event)
 
-    def _open_sync(self) -> None:
-        self._db.connect()
-        try:
-            migrate(self._db, self.path)
-            self._poll_sync(initial=True)
-        except BaseException:
-            self._db.close()
-            raise
-
-    def _close_sync(self) -> None:
-        if not self._db.is_closed():
-            self._db.close()
+    def _now(self) -> datetime | None:
+        # Called on the trio thread: a wall clock built on trio's clock works here.
+        if self._wall_clock is None:
+            return None
+        return _utc_naive(self._wall_clock(), "wall_clock()")
 
     async def aclose(self) -> None:
         """Close the connection. Idempotent; the change-feed poller stops on its own.
@@ -325,21 +238,24 @@ class Store:
             return
         self._closed = True
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._close_sync, limiter=self._limiter)
+            await self._dispatch(self._backend.close)
 
     def statistics(self) -> dict[str, Any]:
         """Counters for dashboards and tests.
 
         Returns:
             ``known_agents`` (rows in the change-feed snapshot), ``polls`` (change checks
-            run), ``external_events`` (events from other processes' writes),
-            ``schema_version``, ``closed``.
+            run), ``external_events`` (events from other processes' writes), ``reopens``
+            (times the database file was found replaced and reopened), ``schema_version``,
+            ``threads``, ``closed``.
         """
         return {
-            "known_agents": len(self._known),
-            "polls": self._polls,
-            "external_events": self._external_events,
+            "known_agents": self._backend.known_agents,
+            "polls": self._backend.polls,
+            "external_events": self._backend.external_events,
+            "reopens": self._backend.reopens,
             "schema_version": SCHEMA_VERSION,
+            "threads": self._threads,
             "closed": self._closed,
         }
 
@@ -349,8 +265,9 @@ class Store:
         ``validator(agent)`` gets the normalized agent (every user field) after the built-in
         rules passed, and returns ``{field: [messages]}`` (empty when it has no objection);
         its errors join the :class:`~arboretum.ValidationError`. It runs in the store's
-        worker thread inside the write transaction: it must be quick, pure and must not
-        touch trio. The runtime uses it to check ability names against the node's allow-list.
+        worker thread (on the trio thread with ``threads=False``) before the write
+        transaction begins: it must be quick and pure, and must not touch trio. The runtime
+        uses it to check ability names against the node's allow-list.
 
         Returns:
             A function that removes the validator again.
@@ -381,71 +298,13 @@ class Store:
         made through this store (other processes' runs are not broadcast)."""
         return self.pubsub.subscribe(RUNS_TOPIC, buffer=buffer, policy=policy)
 
-    def _broadcast(self, events: Sequence[AgentEvent]) -> None:
-        for event in events:
-            self.pubsub.broadcast(AGENTS_TOPIC, event)
+    # ------------------------------------------------------------------ validation
+    # Validation is pure and runs before the write transaction: a slow or huge input never
+    # holds the database's write lock.
 
-    # ------------------------------------------------------------------ row helpers
-    # Everything below that ends in _sync runs in the worker thread, under the limiter.
-
-    def _agent_query(self) -> Any:
-        A = self._Agent
-        return A.select(*(getattr(A, c) for c in _AGENT_COLUMNS))
-
-    def _agent_rows(self, query: Any) -> list[AgentRecord]:
-        # peewee builds the SQL; the rows are converted here rather than by peewee's
-        # per-value converters, which cost a third of the time of a 10,000-row list.
-        sql, params = query.sql()
-        rows = self._db.execute_sql(sql, params).fetchall()
-        with _gc_paused(len(rows)):
-            return [_to_record(row) for row in rows]
-
-    def _fetch_by_id(self, agent_id: int) -> AgentRecord | None:
-        rows = self._agent_rows(self._agent_query().where(self._Agent.id == agent_id))
-        return rows[0] if rows else None
-
-    def _resolve_sync(self, ref: AgentRef) -> AgentRecord:
-        A = self._Agent
-        if isinstance(ref, AgentRecord):
-            key: int | str = ref.id
-        elif isinstance(ref, int) and not isinstance(ref, bool):
-            key = ref
-        elif isinstance(ref, str):
-            key = ref
-        else:
-            raise TypeError(f"an agent is named by its id (int), name (str) or record, got {ref!r}")
-        cond = A.id == key if isinstance(key, int) else A.name == key
-        rows = self._agent_rows(self._agent_query().where(cond))
-        if not rows:
-            raise AgentNotFound(key)
-        return rows[0]
-
-    def _stamp_sync(self, agent_id: int) -> str:
-        row = self._db.execute_sql(
-            "SELECT updated_at FROM agents WHERE id = ?", (agent_id,)
-        ).fetchone()
-        return str(row[0])
-
-    def _remember(self, record: AgentRecord) -> None:
-        self._known[record.id] = record
-        self._stamps[record.id] = self._stamp_sync(record.id)
-
-    def _forget(self, agent_id: int) -> None:
-        self._known.pop(agent_id, None)
-        self._stamps.pop(agent_id, None)
-
-    @staticmethod
-    def _next_ts(previous: Any) -> datetime:
-        # Strictly increasing per row, so a write is always visible in updated_at and the
-        # touch trigger (which fires only when updated_at did not change) stays out of it.
-        now = _utcnow()
-        if isinstance(previous, datetime) and now <= previous:
-            now = previous + timedelta(microseconds=1)
-        return now
-
-    def _check(self, data: Mapping[str, Any], errors: Errors, own_id: int | None) -> dict[str, Any]:
-        if "agent" in errors:  # not a mapping at all: nothing else to say
-            raise ValidationError(errors)
+    def _validated(
+        self, data: Mapping[str, Any], errors: Errors, current: AgentRecord | None
+    ) -> dict[str, Any]:
         normalized, found = validate_agent(data)
         for field, messages in found.items():
             if field not in errors:  # "is required" says it better than "got null"
@@ -455,31 +314,44 @@ class Store:
                 for field, messages in dict(validator(normalized)).items():
                     if messages:
                         errors.setdefault(field, []).extend(messages)
-        name = normalized.get("name")
-        if isinstance(name, str) and "name" not in errors:
-            A = self._Agent
-            query = A.select(A.id).where(A.name == name)
-            if own_id is not None:
-                query = query.where(A.id != own_id)
-            if query.exists():
-                errors.setdefault("name", []).append("has already been taken")
         if errors:
+            # Report a taken name with the other problems (the write checks it again).
+            name = normalized.get("name")
+            if (
+                "name" not in errors
+                and isinstance(name, str)
+                and (current is None or name != current.name)
+            ):
+                problem = self._backend.name_conflict(name, None if current is None else current.id)
+                if problem is not None:
+                    errors["name"] = [problem]
             raise ValidationError(errors)
         return normalized
 
-    # ------------------------------------------------------------------ agents: writes
-
-    def _create_sync(self, attrs: object) -> AgentRecord:
+    def _create_sync(self, attrs: object, now: datetime | None) -> AgentRecord:
         changes, errors = cast_changes(attrs, creating=True)
-        with self._db.atomic():
-            data = {**agent_defaults(), **changes}
-            normalized = self._check(data, errors, None)
-            now = _utcnow()
-            agent_id = self._Agent.insert(**normalized, inserted_at=now, updated_at=now).execute()
-            record = self._fetch_by_id(agent_id)
-            assert record is not None
-            self._remember(record)
-        return record
+        if "agent" in errors:  # not a mapping at all: nothing else to say
+            raise ValidationError(errors)
+        normalized = self._validated({**agent_defaults(), **changes}, errors, None)
+        return self._backend.create(normalized, now)
+
+    def _update_sync(self, ref: AgentRef, attrs: object, now: datetime | None) -> AgentRecord:
+        changes, errors = cast_changes(attrs, creating=False)
+        if "agent" in errors:
+            raise ValidationError(errors)
+        for _ in range(_UPDATE_TRIES):
+            current = self._backend.get_agent(ref)
+            normalized = self._validated({**current.config(), **changes}, dict(errors), current)
+            record = self._backend.update(current, normalized, now)
+            if record is not None:
+                return record
+            # Another process wrote the row between our read and our write: merge again.
+        raise StoreError(
+            f"{self.path}: agent {ref!r} kept changing while this update was being validated; "
+            "try again"
+        )
+
+    # ------------------------------------------------------------------ agents: writes
 
     async def create_agent(self, attrs: Mapping[str, Any]) -> AgentRecord:
         """Validate ``attrs`` and insert a new agent; broadcast :class:`AgentCreated`.
@@ -495,32 +367,14 @@ class Store:
 
         Raises:
             ValidationError: ``.errors`` maps each bad field to messages (a taken name is
-                ``{"name": ["has already been taken"]}``). Nothing was written.
+                ``{"name": ["has already been taken"]}``; names are unique regardless of
+                case). Nothing was written.
             StoreError: the database failed; nothing was written.
 
         Cancellation: cancellable while waiting for the store; once the write has started
         it commits and broadcasts, and the cancellation takes effect afterwards.
         """
-        record = await self._run(self._create_sync, attrs)
-        self._broadcast([AgentCreated(record)])
-        return record
-
-    def _update_sync(self, ref: AgentRef, attrs: object) -> tuple[AgentRecord, AgentRecord | None]:
-        changes, errors = cast_changes(attrs, creating=False)
-        with self._db.atomic():
-            current = self._resolve_sync(ref)
-            data = {**current.config(), **changes}
-            normalized = self._check(data, errors, current.id)
-            if normalized == current.config():
-                return current, None
-            A = self._Agent
-            A.update(**normalized, updated_at=self._next_ts(current.updated_at)).where(
-                A.id == current.id
-            ).execute()
-            record = self._fetch_by_id(current.id)
-            assert record is not None
-            self._remember(record)
-        return record, current
+        return await self._run(self._create_sync, attrs, self._now())
 
     async def update_agent(self, agent: AgentRef, changes: Mapping[str, Any]) -> AgentRecord:
         """Apply a partial change: only the fields in ``changes`` change.
@@ -543,18 +397,7 @@ class Store:
 
         Cancellation: as for :meth:`create_agent`.
         """
-        record, previous = await self._run(self._update_sync, agent, changes)
-        if previous is not None:
-            self._broadcast([AgentUpdated(record, previous, record.changed_fields(previous))])
-        return record
-
-    def _delete_sync(self, ref: AgentRef) -> AgentRecord:
-        with self._db.atomic():
-            current = self._resolve_sync(ref)
-            # ON DELETE CASCADE removes the runs as well.
-            self._Agent.delete().where(self._Agent.id == current.id).execute()
-            self._forget(current.id)
-        return current
+        return await self._run(self._update_sync, agent, changes, self._now())
 
     async def delete_agent(self, agent: AgentRef) -> AgentRecord:
         """Delete an agent and its run history; broadcast :class:`AgentDeleted`.
@@ -567,25 +410,7 @@ class Store:
 
         Cancellation: as for :meth:`create_agent`.
         """
-        record = await self._run(self._delete_sync, agent)
-        self._broadcast([AgentDeleted(record)])
-        return record
-
-    def _set_fields_sync(
-        self, ref: AgentRef, fields: dict[str, Any]
-    ) -> tuple[AgentRecord, AgentRecord | None]:
-        with self._db.atomic():
-            current = self._resolve_sync(ref)
-            if all(getattr(current, k) == v for k, v in fields.items()):
-                return current, None
-            A = self._Agent
-            A.update(**fields, updated_at=self._next_ts(current.updated_at)).where(
-                A.id == current.id
-            ).execute()
-            record = self._fetch_by_id(current.id)
-            assert record is not None
-            self._remember(record)
-        return record, current
+        return await self._run(self._backend.delete, agent)
 
     async def change_agent_status(
         self,
@@ -604,6 +429,7 @@ class Store:
             agent: id, name or record.
             status: ``"active"``, ``"inactive"`` or ``"disabled_flapping"``.
             last_error: a text to store, ``None`` to clear it, or leave it out to keep it.
+                Any text is accepted (see :meth:`set_last_error`).
 
         Returns:
             The agent after the change (unchanged, and nothing broadcast, when the values
@@ -617,87 +443,61 @@ class Store:
         """
         if not isinstance(status, str) or status not in STATUSES:
             raise ValidationError(
-                {"status": [f"must be one of {', '.join(STATUSES)}; got {status!r}"]}
+                {
+                    "status": [
+                        f"must be one of {', '.join(STATUSES)}; got {safe_text(repr(status), 60)}"
+                    ]
+                }
             )
         fields: dict[str, Any] = {"status": status}
         if last_error is not UNSET:
-            fields["last_error"] = _clip(last_error)
-        return await self._write_fields(agent, fields)
+            fields["last_error"] = None if last_error is None else safe_text(last_error, _TEXT_MAX)
+        return await self._run(self._backend.set_fields, agent, fields, self._now())
 
     async def set_last_error(self, agent: AgentRef, text: str | None) -> AgentRecord:
         """Record (or with ``None`` clear) the runtime's last error for an agent.
 
         Broadcasts :class:`AgentUpdated` with ``changed_fields == {"last_error"}``, so that
         dashboards update; ``event.config_changed`` is ``False``, so the agent manager does
-        not restart the agent for it. Texts longer than 10,000 characters are truncated.
+        not restart the agent for it. Any text is accepted: texts longer than 10,000
+        characters are truncated, lone surrogates become U+FFFD, a non-string is stored as
+        ``str(text)``.
 
         Raises:
             AgentNotFound: no such agent.
 
         Cancellation: as for :meth:`create_agent`.
         """
-        return await self._write_fields(agent, {"last_error": _clip(text)})
-
-    async def _write_fields(self, agent: AgentRef, fields: dict[str, Any]) -> AgentRecord:
-        record, previous = await self._run(self._set_fields_sync, agent, fields)
-        if previous is not None:
-            self._broadcast([AgentUpdated(record, previous, record.changed_fields(previous))])
-        return record
+        value = None if text is None else safe_text(text, _TEXT_MAX)
+        return await self._run(self._backend.set_fields, agent, {"last_error": value}, self._now())
 
     # ------------------------------------------------------------------ agents: reads
 
     async def get_agent(self, agent: AgentRef) -> AgentRecord:
-        """Return one agent by id (an ``int``) or name (a ``str``).
+        """Return one agent by id (an ``int``) or name (a ``str``, exact).
 
         Raises:
             AgentNotFound: no such agent.
 
         Cancellation: cancellable while waiting for the store; a started read completes.
         """
-        return await self._run(self._resolve_sync, agent)
-
-    def _list_sync(self, status: str | None) -> list[AgentRecord]:
-        query = self._agent_query().order_by(self._Agent.id)
-        if status is not None:
-            query = query.where(self._Agent.status == status)
-        return self._agent_rows(query)
+        return await self._run(self._backend.get_agent, agent)
 
     async def list_agents(self) -> list[AgentRecord]:
         """Every agent, ordered by id.
 
         Cancellation: cancellable while waiting for the store; a started read completes.
         """
-        return await self._run(self._list_sync, None)
+        return await self._run(self._backend.list_agents, None)
 
     async def list_active_agents(self) -> list[AgentRecord]:
-        """The agents whose status is ``"active"``, ordered by id.
+        """The agents the node should run (status ``"active"``, row readable), by id.
 
         Cancellation: as for :meth:`list_agents`.
         """
-        return await self._run(self._list_sync, "active")
+        return [a for a in await self._run(self._backend.list_agents, "active") if a.active]
 
     # ------------------------------------------------------------------ runs
-
-    def _record_run_sync(self, ref: AgentRef, values: dict[str, Any]) -> RunRecord:
-        R = self._AgentRun
-        with self._db.atomic():
-            agent = self._resolve_sync(ref)
-            run_id = R.insert(agent=agent.id, inserted_at=_utcnow(), **values).execute()
-            # Keep the newest `run_history` rows of this agent.
-            self._db.execute_sql(
-                "DELETE FROM agent_runs WHERE agent_id = ? AND id <= ("
-                " SELECT id FROM agent_runs WHERE agent_id = ? ORDER BY id DESC"
-                " LIMIT 1 OFFSET ?)",
-                (agent.id, agent.id, self.run_history),
-            )
-            row = self._run_query().where(R.id == run_id).get()
-        return RunRecord(*row)
-
-    def _run_query(self) -> Any:
-        R = self._AgentRun
-        return R.select(
-            *(getattr(R, "agent" if c == "agent_id" else c) for c in _RUN_COLUMNS)
-        ).tuples()
 
     async def record_run(
         self,
@@ -707,73 +507,93 @@ class Store:
         trigger: str,
         status: str,
         attempts: int = 1,
-        duration_ms: int = 0,
+        duration_ms: int | float = 0,
         error: str | None = None,
         result_summary: str | None = None,
+        scheduled_for: datetime | None = None,
     ) -> RunRecord:
         """Append one run to the agent's history, trimming it to ``run_history`` rows.
 
-        Broadcasts :class:`RunRecorded` on ``"agent_runs"``, never on ``"agents:changed"``
-        (a run is not a change to the agent, and the agent manager must not react to it).
+        The newest scheduled run of each responsibility is never trimmed (see
+        :meth:`latest_scheduled_runs`). Broadcasts :class:`RunRecorded` on
+        ``"agent_runs"``, never on ``"agents:changed"`` (a run is not a change to the
+        agent, and the agent manager must not react to it).
 
         Args:
             agent: id, name or record.
             responsibility: the responsibility key.
             ability: the ability name.
             trigger: by convention ``"manual"``, ``"api"`` or ``"schedule"``.
-            status: by convention ``"ok"``, ``"error"``, ``"timeout"`` or ``"cancelled"``.
-            attempts: attempts made, at least 1.
+            status: ``"ok"``, ``"error"``, ``"timeout"``, ``"cancelled"``, ``"skipped"``
+                or ``"missed"``.
+            attempts: attempts made, 0 or more.
             duration_ms: total wall time in milliseconds.
-            error: the last error's text (truncated to 10,000 characters).
-            result_summary: a short text of the result (truncated likewise).
+            error: the last error's text. Any text is accepted (truncated to 10,000
+                characters, lone surrogates replaced; see :meth:`set_last_error`).
+            result_summary: a short text of the result (treated likewise).
+            scheduled_for: the cron tick this run belongs to (an aware datetime, or a naive
+                one in UTC), or ``None`` for a run not started by a schedule.
 
         Returns:
             The new row.
 
         Raises:
             AgentNotFound: no such agent.
-            ValidationError: a field has the wrong type.
+            ValidationError: a field has the wrong type or is out of range.
 
         Cancellation: as for :meth:`create_agent`.
         """
         errors: Errors = {}
+        texts: dict[str, str] = {}
         for field, value in (
             ("responsibility", responsibility),
             ("ability", ability),
             ("trigger", trigger),
-            ("status", status),
         ):
-            if not isinstance(value, str) or not value or len(value) > 200:
-                errors[field] = ["must be a non-empty string of at most 200 characters"]
-        if not (isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 0):
-            errors["attempts"] = ["must be a whole number, 0 or more"]
+            if not isinstance(value, str) or not value or len(value) > _RUN_FIELD_MAX:
+                errors[field] = [
+                    f"must be a non-empty string of at most {_RUN_FIELD_MAX} characters"
+                ]
+            else:
+                texts[field] = safe_text(value)
+        if not isinstance(status, str) or status not in RUN_STATUSES:
+            errors["status"] = [f"must be one of {', '.join(RUN_STATUSES)}"]
+        if not (
+            isinstance(attempts, int)
+            and not isinstance(attempts, bool)
+            and 0 <= attempts <= _ATTEMPTS_MAX
+        ):
+            errors["attempts"] = [f"must be a whole number from 0 to {_ATTEMPTS_MAX}"]
         if isinstance(duration_ms, float) and math.isfinite(duration_ms):
             duration_ms = int(duration_ms + 0.5)
-        if not (isinstance(duration_ms, int) and not isinstance(duration_ms, bool)) or (
-            duration_ms < 0
+        if not (
+            isinstance(duration_ms, int)
+            and not isinstance(duration_ms, bool)
+            and 0 <= duration_ms <= _DURATION_MAX
         ):
-            errors["duration_ms"] = ["must be a number of milliseconds, 0 or more"]
+            errors["duration_ms"] = [f"must be a number of milliseconds from 0 to {_DURATION_MAX}"]
+        scheduled: datetime | None = None
+        if scheduled_for is not None:
+            if not isinstance(scheduled_for, datetime):
+                errors["scheduled_for"] = ["must be a datetime or None"]
+            elif scheduled_for.utcoffset() is None:
+                scheduled = scheduled_for.replace(tzinfo=None)
+            else:
+                scheduled = _utc_naive(scheduled_for, "scheduled_for")
         if errors:
             raise ValidationError(errors)
         values = {
-            "responsibility": responsibility,
-            "ability": ability,
-            "trigger": trigger,
+            **texts,
             "status": status,
             "attempts": attempts,
             "duration_ms": duration_ms,
-            "error": _clip(error),
-            "result_summary": _clip(result_summary),
+            "error": None if error is None else safe_text(error, _TEXT_MAX),
+            "result_summary": (
+                None if result_summary is None else safe_text(result_summary, _TEXT_MAX)
+            ),
+            "scheduled_for": scheduled,
         }
-        run = await self._run(self._record_run_sync, agent, values)
-        self.pubsub.broadcast(RUNS_TOPIC, RunRecorded(run))
-        return run
-
-    def _list_runs_sync(self, ref: AgentRef, limit: int) -> list[RunRecord]:
-        agent = self._resolve_sync(ref)
-        R = self._AgentRun
-        query = self._run_query().where(R.agent == agent.id).order_by(R.id.desc()).limit(limit)
-        return [RunRecord(*row) for row in query]
+        return await self._run(self._backend.record_run, agent, values, self._now())
 
     async def list_runs(self, agent: AgentRef, *, limit: int = 50) -> list[RunRecord]:
         """The agent's most recent runs, newest first.
@@ -783,53 +603,33 @@ class Store:
 
         Cancellation: as for :meth:`list_agents`.
         """
-        if not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1):
+        if not (isinstance(limit, int) and not isinstance(limit, bool) and 1 <= limit <= 10**9):
             raise ValueError(f"limit must be a positive int, got {limit!r}")
-        return await self._run(self._list_runs_sync, agent, limit)
+        return await self._run(self._backend.list_runs, agent, limit)
+
+    async def latest_scheduled_runs(self, agent: AgentRef) -> dict[str, RunRecord]:
+        """Per responsibility key, the agent's run with the greatest ``scheduled_for``.
+
+        Responsibilities without a scheduled run are absent. Run-history trimming never
+        removes these runs, so a schedule can resume from its last tick.
+
+        Raises:
+            AgentNotFound: no such agent.
+
+        Cancellation: as for :meth:`list_agents`.
+        """
+        return await self._run(self._backend.latest_scheduled_runs, agent)
+
+    async def last_run_times(self) -> dict[int, datetime]:
+        """Agent id -> ``inserted_at`` (UTC, naive) of its newest run; one query.
+
+        Agents without runs are absent.
+
+        Cancellation: as for :meth:`list_agents`.
+        """
+        return await self._run(self._backend.last_run_times)
 
     # ------------------------------------------------------------------ change feed
-
-    def _poll_sync(self, initial: bool = False) -> list[AgentEvent]:
-        self._polls += 1
-        version = self._db.execute_sql("PRAGMA data_version").fetchone()[0]
-        if not initial and version == self._data_version:
-            return []
-        self._data_version = version
-        events: list[AgentEvent] = []
-        # One read transaction, so the stamps and the rows come from the same snapshot.
-        with self._db.atomic(lock_type="DEFERRED"):
-            stamps = {
-                row[0]: str(row[1])
-                for row in self._db.execute_sql("SELECT id, updated_at FROM agents")
-            }
-            old = self._stamps
-            changed = [i for i, stamp in stamps.items() if old.get(i) != stamp]
-            gone = [i for i in old if i not in stamps]
-            records: list[AgentRecord] = []
-            A = self._Agent
-            for start in range(0, len(changed), _IN_CHUNK):
-                chunk = changed[start : start + _IN_CHUNK]
-                records.extend(
-                    self._agent_rows(self._agent_query().where(A.id.in_(chunk)).order_by(A.id))
-                )
-        for record in records:
-            previous = self._known.get(record.id)
-            self._known[record.id] = record
-            self._stamps[record.id] = stamps[record.id]
-            if initial:
-                continue
-            if previous is None:
-                events.append(AgentCreated(record, external=True))
-            else:
-                fields = record.changed_fields(previous)
-                events.append(AgentUpdated(record, previous, fields, external=True))
-        for agent_id in gone:
-            previous = self._known.pop(agent_id, None)
-            self._stamps.pop(agent_id, None)
-            if previous is not None and not initial:
-                events.append(AgentDeleted(previous, external=True))
-        self._external_events += len(events)
-        return events
 
     async def check_for_changes(self) -> int:
         """Check now for other processes' writes and broadcast what changed.
@@ -841,9 +641,7 @@ class Store:
 
         Cancellation: as for :meth:`list_agents`.
         """
-        events = await self._run(self._poll_sync)
-        self._broadcast(events)
-        return len(events)
+        return await self._run(self._backend.poll)
 
     async def _watch(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -856,20 +654,19 @@ class Store:
             except StoreClosed:
                 return
             except StoreError as exc:
-                # A lock held past the busy timeout or a transient I/O error: the next
-                # poll tries again, and nothing is lost (the diff catches up).
+                # A lock held past the busy timeout, a transient I/O error, a file that was
+                # deleted: the next poll tries again, and nothing is lost (the diff catches up).
                 logger.warning("change feed: %s; retrying in %.2fs", exc, self.poll_interval)
 
     async def integrity_check(self) -> list[str]:
         """Run ``PRAGMA integrity_check``; ``["ok"]`` means the file is sound.
 
+        Raises:
+            StoreError: the file is too damaged to check.
+
         Cancellation: as for :meth:`list_agents`.
         """
-
-        def check() -> list[str]:
-            return [str(r[0]) for r in self._db.execute_sql("PRAGMA integrity_check")]
-
-        return await self._run(check)
+        return await self._run(self._backend.integrity_check)
 
 
 @asynccontextmanager
@@ -881,6 +678,8 @@ async def open_store(
     poll_interval: float = 0.2,
     run_history: int = 200,
     busy_timeout: float = 10.0,
+    wall_clock: Callable[[], datetime] | None = None,
+    threads: bool = True,
 ) -> AsyncIterator[Store]:
     """Open (creating and migrating as needed) the agent store and watch it for changes.
 
@@ -897,13 +696,23 @@ async def open_store(
         validators: extra rules for create/update (see :meth:`Store.add_validator`).
         poll_interval: seconds between checks for other processes' writes (0.2). Keep it
             at most 0.5 so that external writes are broadcast within a second.
-        run_history: ``agent_runs`` rows kept per agent (200).
+        run_history: ``agent_runs`` rows kept per agent (200), plus the newest scheduled
+            run of each responsibility.
         busy_timeout: seconds a write waits for another process's write lock (10).
+        wall_clock: a zero-argument callable returning an aware datetime; when given, the
+            store stamps ``inserted_at`` / ``updated_at`` of agents and runs with it
+            (converted to UTC) instead of the system clock. It is called on the trio
+            thread, so a clock built on ``trio.current_time()`` works.
+        threads: ``True`` (the default) runs every database call in a worker thread;
+            ``False`` runs them inline on the trio thread, blocking the loop while they
+            run — for tests under trio's virtual clock (which otherwise races ahead while
+            a thread runs) and for tiny embedders. Everything else is the same.
 
     Raises:
         SchemaTooNew: the file was written by a newer arboretum; it is left untouched.
         UnsupportedDatabase: the URL names a database this version cannot open.
-        StoreError: the file cannot be opened or migrated.
+        StoreError: the file cannot be opened or migrated (a file that is refused is left
+            untouched).
 
     Cancellation: opening is cancellable while waiting for the worker thread; leaving the
     block always closes the connection.
@@ -916,11 +725,15 @@ async def open_store(
         poll_interval=poll_interval,
         run_history=run_history,
         busy_timeout=busy_timeout,
+        wall_clock=wall_clock,
+        threads=threads,
     )
+    backend = store._backend
     try:
-        await trio.to_thread.run_sync(store._translated, store._open_sync, limiter=store._limiter)
+        await store._dispatch(backend.call, backend.open)
     except BaseException:
         store._closed = True
+        backend.events.clear()
         raise
     try:
         async with trio.open_nursery() as nursery:
