@@ -289,34 +289,40 @@ async def test_stats_are_pushed_at_most_once_a_second(db):
         assert all(gap >= 0.9 for gap in gaps), times
 
 
-async def test_a_client_that_never_reads_is_closed_and_slows_nobody(db):
+async def test_clients_that_fall_behind_are_closed_and_slow_nobody(db):
     async with running_node(db) as node:
         agent = await node.store.create_agent(
             {"name": "fat", "prompts": {"system": "x" * 90_000}}
         )
         event = AgentUpdated(agent, agent, frozenset({"prompts"}))
+        host, port = host_port(node)
+        subscribe = json.dumps({"id": 1, "op": "subscribe", "args": {"topics": ["agents"]}})
         async with client_of(node) as watcher:
-            host, port = host_port(node)
-            stream, _ = await raw_ws(host, port, node.token)
-            async with stream:
-                frame = json.dumps({"id": 1, "op": "subscribe", "args": {"topics": ["agents"]}})
-                await stream.send_all(masked_frame(1, frame.encode()))
+            never, _ = await raw_ws(host, port, node.token)  # never reads again
+            late, _ = await raw_ws(host, port, node.token)  # reads again, but too late
+            async with never, late:
+                for stream in (never, late):
+                    await stream.send_all(masked_frame(1, subscribe.encode()))
+                with trio.fail_after(5):
+                    while (await watcher.request("node.stats"))["api"]["connections"] != 3:
+                        await trio.sleep(0.05)
                 await trio.sleep(0.2)
-                # Far more than the outbox and the socket buffers hold; never read.
+                # Far more than an outbox and the socket buffers hold.
                 for _ in range(3000):
                     node.pubsub.broadcast(AGENTS_TOPIC, event)
                     await trio.sleep(0)
-                with trio.fail_after(1):  # the node answers others at once meanwhile
+                with trio.fail_after(1):  # meanwhile the node answers others at once
                     stats = await watcher.request("node.stats")
-                assert stats["api"]["dropped_clients"] == 1
-                # Dropped within a few seconds although it never answers the close frame.
+                assert stats["api"]["dropped_clients"] == 2
+                # The late reader gets what was in flight, then the close with the reason.
+                code, reason, frames = await read_close(late)
+                assert code == 1008 and "fell 1024 frames behind" in reason
+                pushes = text_frames(frames)
+                assert pushes and all(f.get("event") == "agents" for f in pushes[1:])
+                # The one that never reads is dropped within a few seconds all the same.
                 with trio.fail_after(8):
                     while (await watcher.request("node.stats"))["api"]["connections"] != 1:
                         await trio.sleep(0.1)
-                # What it gets when it finally reads: pushes, then the close with the reason.
-                code, reason, frames = await read_close(stream)
-                assert code == 1008 and "fell 1024 frames behind" in reason
-                assert all(f["event"] == "agents" for f in text_frames(frames)[1:])
             assert (await watcher.request("agents.get", {"agent": "fat"}))["id"] == agent.id
 
 

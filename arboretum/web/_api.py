@@ -285,7 +285,7 @@ class _Connection:
         self.behind = False
         self._outbox_in, self._outbox_out = trio.open_memory_channel[str](api.outbox_size)
         self._scope = trio.CancelScope()
-        self._triggers = trio.CapacityLimiter(_TRIGGERS_PER_CONNECTION)
+        self._triggers = trio.Semaphore(_TRIGGERS_PER_CONNECTION)
 
     # Called by the hub: never blocks.
     def push(self, frame: str) -> None:
