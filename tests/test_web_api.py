@@ -101,12 +101,17 @@ async def test_error_codes_for_the_node_s_refusals(db):
         with trio.fail_after(20):
             await client.request("agents.create", {"attrs": ECHO})
             error = await expect_error(
-                client, "agents.create", {"attrs": {"name": "echo-agent", "colour": 1}}, "validation"
+                client,
+                "agents.create",
+                {"attrs": {"name": "echo-agent", "colour": 1}},
+                "validation",
             )
             assert error.fields["name"] == ["has already been taken"]
             assert "colour" in error.fields
             refused = await expect_error(
-                client, "agents.create", {"attrs": {"name": "x", "abilities": ["os:system"]}},
+                client,
+                "agents.create",
+                {"attrs": {"name": "x", "abilities": ["os:system"]}},
                 "validation",
             )
             assert any(k.startswith("abilities") for k in refused.fields)
@@ -114,18 +119,23 @@ async def test_error_codes_for_the_node_s_refusals(db):
             await expect_error(client, "runs.list", {"agent": 99}, "not_found")
             await node.sync()
             unknown = await expect_error(
-                client, "agents.trigger", {"agent": 1, "responsibility": "nope"},
+                client,
+                "agents.trigger",
+                {"agent": 1, "responsibility": "nope"},
                 "unknown_responsibility",
             )
             assert "echo_test" in unknown.fields["responsibility"][0]
             await client.request("agents.set_status", {"agent": 1, "status": "inactive"})
             await node.sync()
             await expect_error(
-                client, "agents.trigger", {"agent": 1, "responsibility": "echo_test"},
+                client,
+                "agents.trigger",
+                {"agent": 1, "responsibility": "echo_test"},
                 "not_running",
             )
-            await expect_error(client, "agents.set_status", {"agent": 1, "status": "paused"},
-                               "validation")
+            await expect_error(
+                client, "agents.set_status", {"agent": 1, "status": "paused"}, "validation"
+            )
             await expect_error(client, "no.such.op", {}, "unknown_op")
 
 
@@ -192,6 +202,7 @@ async def test_malformed_frames_get_error_replies_and_the_connection_goes_on(db)
 
 async def test_an_unexpected_failure_is_internal_without_details(db, monkeypatch):
     async with running_node(db) as node, client_of(node) as client:
+
         def broken():
             raise RuntimeError("sk-secret-value")
 
@@ -205,13 +216,29 @@ async def test_an_unexpected_failure_is_internal_without_details(db, monkeypatch
 async def test_every_documented_code_and_op_is_covered():
     # Keep the tests above in step with the protocol's tables.
     assert set(ERROR_CODES) == {
-        "bad_request", "unknown_op", "validation", "not_found", "not_running",
-        "unknown_responsibility", "too_large", "internal",
+        "bad_request",
+        "unknown_op",
+        "validation",
+        "not_found",
+        "not_running",
+        "unknown_responsibility",
+        "too_large",
+        "internal",
     }
     assert set(OPS) == {
-        "agents.list", "agents.get", "agents.create", "agents.update", "agents.delete",
-        "agents.set_status", "agents.trigger", "agents.state", "agents.states", "runs.list",
-        "node.stats", "subscribe", "unsubscribe",
+        "agents.list",
+        "agents.get",
+        "agents.create",
+        "agents.update",
+        "agents.delete",
+        "agents.set_status",
+        "agents.trigger",
+        "agents.state",
+        "agents.states",
+        "runs.list",
+        "node.stats",
+        "subscribe",
+        "unsubscribe",
     }
 
 
@@ -291,9 +318,7 @@ async def test_stats_are_pushed_at_most_once_a_second(db):
 
 async def test_clients_that_fall_behind_are_closed_and_slow_nobody(db):
     async with running_node(db) as node:
-        agent = await node.store.create_agent(
-            {"name": "fat", "prompts": {"system": "x" * 90_000}}
-        )
+        agent = await node.store.create_agent({"name": "fat", "prompts": {"system": "x" * 90_000}})
         event = AgentUpdated(agent, agent, frozenset({"prompts"}))
         host, port = host_port(node)
         subscribe = json.dumps({"id": 1, "op": "subscribe", "args": {"topics": ["agents"]}})

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from ._output import STATUS_STYLES, Output
 
@@ -90,7 +91,7 @@ async def run_node(out: Output, settings: Any, demo: bool) -> None:
                 stats = node.statistics()
             except Exception:
                 stats = {}
-            await trio.sleep(0)  # let the follower print the last lines first
+            await trio.lowlevel.checkpoint()  # let the follower print the last lines first
             out.line(
                 f"{_clock()}  stopped: {stats.get('runs', 0)} runs this session "
                 f"({stats.get('failures', 0)} failed); every agent stopped"
@@ -113,14 +114,21 @@ async def _started(out: Output, node: Any, lifecycle: Any, demo: bool) -> None:
             await node.sync()
         else:
             out.line(f"{_clock()}  --demo: the database already has agents, none added")
-        # The demo agents' "started" lines are printed from the lifecycle events.
+        # The demo agents' "started" lines, from the lifecycle events ...
+        printed = {s.id for s in states if s.running}
         while True:
             try:
                 event = lifecycle.receive_nowait()
             except trio.WouldBlock:
                 break
             lifecycle_line(out, event.kind, event.agent_id, event.name, event.reason)
+            if event.kind == "started":
+                printed.add(event.agent_id)
+        # ... and from the states, for any whose event has not come (yet).
         states = node.agent_states()
+        for state in states:
+            if state.running and state.id not in printed:
+                lifecycle_line(out, "started", state.id, state.name, None)
     running = sum(1 for s in states if s.running)
     out.line(f"{_clock()}  {len(states)} agents stored, {running} running")
     if node.web_url:
