@@ -281,3 +281,55 @@ def test_run_refuses_a_remote_host_without_allow_remote(db):
     assert not db.exists()
     missing = cli("run", "--db", db, "--config", db.parent / "nope.toml")
     assert missing.exit_code == 2 and "no settings file" in missing.stderr
+
+
+def test_top_model_counts_runs_of_the_last_minute():
+    import time as _time
+    from datetime import UTC, datetime, timedelta
+
+    from arboretum.cli._top import TopModel, plain_once
+
+    model = TopModel()
+    now = _time.time()
+    fresh = datetime.fromtimestamp(now - 10, UTC).replace(tzinfo=None).isoformat() + "Z"
+    old = (datetime.fromtimestamp(now, UTC) - timedelta(minutes=5)).isoformat()
+    model.apply(
+        "states",
+        {
+            "agents": [
+                {
+                    "id": 1,
+                    "name": "a",
+                    "status": "active",
+                    "running": True,
+                    "restarts": 2,
+                    "last_error": "boom\nline two",
+                    "next_runs": {"r": "2030-01-01T09:00:00+00:00"},
+                },
+                {
+                    "id": 2,
+                    "name": "b",
+                    "status": "inactive",
+                    "running": False,
+                    "restarts": 0,
+                    "last_error": None,
+                    "next_runs": {},
+                },
+            ]
+        },
+    )
+    model.apply("runs", {"run": {"agent_id": 1, "inserted_at": fresh}})
+    model.add_run({"agent_id": 1, "inserted_at": old})
+    model.apply("runs", {"run": {"agent_id": 1, "inserted_at": fresh}})
+    assert model.rate(1, now) == 2 and model.rate(2, now) == 0
+    rows = model.rows(now)
+    assert rows[0][:6] == ["a", "active", "yes", "2", "2", "boom line two"]
+    assert rows[0][6] != "-" and rows[1][6] == "-"
+    model.apply(
+        "stats",
+        {"running": 1, "agents": 2, "runs": 3, "failures": 1, "restarts": 2, "uptime_s": 75},
+    )
+    text = plain_once(model)
+    assert (
+        text.splitlines()[0] == "1 running of 2 agents · 3 runs, 1 failed · 2 restarts · up 1m15s"
+    )
