@@ -253,3 +253,20 @@ def test_top_in_a_real_terminal_quits_on_q(demo_node, db):
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_run_on_a_busy_port_says_so(db):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "arboretum", "run", "--db", str(db), "--port", str(port)],
+            capture_output=True, text=True, timeout=60, env=env(),
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Address already in use" in done.stderr and "Traceback" not in done.stderr
+    assert not (db.parent / "e2e.db.node.json").exists()

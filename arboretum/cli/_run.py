@@ -92,8 +92,9 @@ async def run_node(out: Output, settings: Any, demo: bool) -> None:
             except Exception:
                 stats = {}
             await trio.lowlevel.checkpoint()  # let the follower print the last lines first
+            runs = stats.get("runs", 0)
             out.line(
-                f"{_clock()}  stopped: {stats.get('runs', 0)} runs this session "
+                f"{_clock()}  stopped: {runs} run{'' if runs == 1 else 's'} this session "
                 f"({stats.get('failures', 0)} failed); every agent stopped"
             )
             outer.cancel_scope.cancel()
