@@ -11,8 +11,9 @@
 The tree, built in this order and torn down in the reverse one::
 
     store (and its change feed) ─ LLM client ─ run nursery (agents' runs and schedules)
+      └─ web Supervisor: the web server (when enabled; started last, stopped after the agents)
       └─ agents DynamicSupervisor ─ AgentServer per active agent
-           └─ node Supervisor (rest_for_one): AgentManager, web server (when enabled)
+           └─ Supervisor: AgentManager
 
 See docs/node.md.
 """
@@ -26,7 +27,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import trio
 
@@ -36,11 +37,13 @@ from . import (
     PubSub,
     Registry,
     ServerExited,
+    Supervisor,
     ValidationError,
     open_dynamic_supervisor,
     open_supervisor,
 )
 from . import child_spec as _child_spec
+from ._core._util import raise_flat
 from .abilities import Abilities
 from .agents import (
     AgentManager,
@@ -63,6 +66,8 @@ __all__ = ["Node", "open_node"]
 logger = logging.getLogger("arboretum.node")
 
 _TRIGGERS = ("manual", "api", "schedule")
+# At shutdown, how long the web server may send the last replies after the agents stopped.
+_DRAIN_S = 0.05
 
 
 class Node:
@@ -321,32 +326,18 @@ async def open_node(
     runs in flight recorded as ``cancelled``), then closes the LLM client and the store.
     """
     config = _settings(database, settings, overrides)
+    async with _open_node(config, abilities, llm_client) as node:
+        yield node
+
+
+@asynccontextmanager
+async def _flat_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose own exception group is removed (the body's exception arrives as is)."""
     try:
-        async with _open_node(config, abilities, llm_client) as node:
-            yield node
+        async with trio.open_nursery() as nursery:
+            yield nursery
     except BaseExceptionGroup as group:
-        _raise_flat(group)
-
-
-def _raise_flat(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    """Raise the one exception a group of nurseries wrapped (else the group itself)."""
-    leaves = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(reversed(exc.exceptions))
-        else:
-            leaves.append(exc)
-    if len(leaves) != 1:
-        raise group
-    leaf = leaves[0]
-    context = leaf.__context__
-    try:
-        raise leaf
-    finally:
-        leaf.__context__ = context
-        del leaf, context
+        raise_flat(group)
 
 
 @asynccontextmanager
@@ -365,7 +356,7 @@ async def _open_node(
         run_history=config.run_history,
         wall_clock=config.wall_clock,
         threads=config.store_threads,
-    ) as store, _llm(llm_client) as llm, trio.open_nursery() as run_nursery:
+    ) as store, _llm(llm_client) as llm, _flat_nursery() as run_nursery:
         runtime = Runtime(
             store=store,
             llm=llm,
@@ -381,24 +372,44 @@ async def _open_node(
         )
         node = Node(config, store, pubsub, registry, allow_list, llm, runtime)
         try:
-            async with open_dynamic_supervisor(max_restarts=1_000_000, max_seconds=1.0) as agents:
-                node.manager = AgentManager(
-                    runtime, agents, registry, pubsub,
-                    restart_delay=Backoff(
-                        initial=config.restart_backoff_initial_s,
-                        maximum=config.restart_backoff_max_s,
-                        multiplier=2.0,
-                        reset_after=config.flap_window_s,
-                    ),
-                    flap=FlapPolicy(max_restarts=config.flap_max_restarts,
-                                    within=config.flap_window_s),
-                    shutdown_grace_s=config.shutdown_grace_s,
-                )
-                children = [_child_spec(node.manager.run, id="manager", shutdown="brutal_kill")]
-                if config.web is not None:
-                    children.append(_child_spec(_serve_web, node, id="web", shutdown=5.0))
-                async with open_supervisor(children, strategy="rest_for_one"):
-                    yield node
+            # The web server is started last but stopped after the agents, so that callers of
+            # runs cut short by the shutdown still get their (cancelled) results over the API.
+            async with _flat_nursery() as web_nursery:
+                web: Supervisor | None = None
+                try:
+                    async with open_dynamic_supervisor(
+                        max_restarts=1_000_000, max_seconds=1.0
+                    ) as agents:
+                        node.manager = AgentManager(
+                            runtime, agents, registry, pubsub,
+                            restart_delay=Backoff(
+                                initial=config.restart_backoff_initial_s,
+                                maximum=config.restart_backoff_max_s,
+                                multiplier=2.0,
+                                reset_after=config.flap_window_s,
+                            ),
+                            flap=FlapPolicy(max_restarts=config.flap_max_restarts,
+                                            within=config.flap_window_s),
+                            shutdown_grace_s=config.shutdown_grace_s,
+                        )
+                        manager = _child_spec(node.manager.run, id="manager",
+                                              shutdown="brutal_kill")
+                        async with open_supervisor([manager]):
+                            if config.web is not None:
+                                web = await web_nursery.start(
+                                    Supervisor([_child_spec(_serve_web, node, id="web")]).run
+                                )
+                            yield node
+                        # The manager is stopped: from here on nothing starts an agent.
+                        stopping = node.manager.running_agents()
+                    # Every agent has stopped (runs in flight recorded as cancelled).
+                    node.manager.announce_stopped(stopping)
+                    if web is not None:
+                        await trio.sleep(_DRAIN_S)  # the last replies and pushes go out
+                finally:
+                    if web is not None:
+                        with trio.CancelScope(shield=True):
+                            await web.stop()
         finally:
             run_nursery.cancel_scope.cancel()
 

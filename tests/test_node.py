@@ -183,3 +183,17 @@ async def test_an_unreadable_row_is_shown_and_not_run(tmp_path: Path) -> None:
         await node.store.update_agent(victim.id, {"prompts": {"system": "ok"}})
         await node.sync()
         assert node.agent_state(victim.id).running
+
+
+async def test_exceptions_leave_open_node_by_themselves(tmp_path: Path, autojump_clock: Any
+                                                        ) -> None:
+    with pytest.raises(KeyError) as info:
+        async with virtual_node(tmp_path / "n.db"):
+            raise KeyError("mine")
+    assert info.value.args == ("mine",)
+    # a group the body raised arrives as it was raised
+    with pytest.raises(ExceptionGroup) as group:
+        async with virtual_node(tmp_path / "n.db"):
+            raise ExceptionGroup("mine", [ValueError("a")])
+    assert group.value.message == "mine" and len(group.value.exceptions) == 1
+    assert isinstance(group.value.exceptions[0], ValueError)

@@ -101,6 +101,15 @@ class AgentManager:
         """Whether the agent's server is running (registered) on this node now."""
         return self.registry.whereis(agent_id) is not None
 
+    def running_agents(self) -> list[tuple[int, str]]:
+        """(id, name) of every agent whose server this node runs (or is restarting)."""
+        return [(agent_id, record.name) for agent_id, record in sorted(self._running.items())]
+
+    def announce_stopped(self, agents: list[tuple[int, str]]) -> None:
+        """Report ``stopped`` for agents the node stopped by shutting down."""
+        for agent_id, name in agents:
+            self._lifecycle("stopped", agent_id, name)
+
     @property
     def total_restarts(self) -> int:
         """Crashes and failed starts of all agents on this node."""
