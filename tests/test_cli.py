@@ -339,3 +339,25 @@ def test_unknown_flags_are_usage_errors(db):
     result = cli("agents", "list", "--db", db, "--colour")
     assert result.exit_code == 2 and "No such option" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_argument_that_is_not_utf8_is_not_found_without_a_traceback(db, tmp_path):
+    # Found by fuzzing (docs/reliability.md): on Linux a non-UTF-8 argument reaches Python
+    # as a lone surrogate ("\udcff"); `agents show` passed it to SQLite and crashed.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    create(db, "--name", "a", "--ability", "echo")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable.encode(), b"-m", b"arboretum", b"agents", b"show", b"\xff", b"--db",
+         os.fsencode(db)],
+        capture_output=True, timeout=60, env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 3, done.stderr
+    assert b"no agent with name" in done.stderr and b"Traceback" not in done.stderr
+    for command in (["agents", "show"], ["agents", "disable"], ["runs"]):
+        result = cli(*command, "x\udcff", "--db", db)
+        assert result.exit_code == 3 and "no agent with name" in result.stderr, result.output

@@ -13,6 +13,7 @@ from arboretum import PubSub, ValidationError
 from arboretum.store import (
     AgentCreated,
     AgentDeleted,
+    AgentNotFound,
     AgentUpdated,
     SchemaTooNew,
     StoreError,
@@ -608,3 +609,27 @@ async def test_prompts_have_a_total_size_limit(db_path):
         }
         del prompts["p10"]
         assert len((await node.create_agent({"name": "a", "prompts": prompts})).prompts) == 10
+
+
+async def test_a_reference_no_row_can_have_is_not_found(db_path):
+    # Found by fuzzing (docs/reliability.md): a name that is not valid Unicode (a lone
+    # surrogate, as a non-UTF-8 command-line argument becomes) or an id beyond 64 bits
+    # reached SQLite, which raised UnicodeEncodeError / OverflowError instead of finding
+    # nothing (and `arboretum agents show` printed a traceback).
+    async with open_store(db_path) as store:
+        await store.create_agent(ECHO)
+        for ref in ("\ud800", "a\udcff", 2**63, -(2**63) - 1, 10**30):
+            with pytest.raises(AgentNotFound):
+                await store.get_agent(ref)
+            with pytest.raises(AgentNotFound):
+                await store.update_agent(ref, {"prompts": {"p": "x"}})
+            with pytest.raises(AgentNotFound):
+                await store.change_agent_status(ref, "inactive")
+            with pytest.raises(AgentNotFound):
+                await store.record_run(ref, "r", "echo", "manual", "ok")
+            with pytest.raises(AgentNotFound):
+                await store.list_runs(ref)
+            with pytest.raises(AgentNotFound):
+                await store.delete_agent(ref)
+        assert [a.name for a in await store.list_agents()] == ["a"]
+        assert (await store.get_agent(1)).name == "a"

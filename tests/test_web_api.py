@@ -193,11 +193,35 @@ async def test_malformed_frames_get_error_replies_and_the_connection_goes_on(db)
             assert surrogate["id"] == 4 and surrogate["error"]["code"] == "bad_request"
             big = json.dumps({"id": 5, "op": "agents.list", "args": {"pad": "x" * MAX_FRAME}})
             too_large = await request_raw(ws, big)
-            assert too_large["id"] is None and too_large["error"]["code"] == "too_large"
+            assert too_large["id"] == 5 and too_large["error"]["code"] == "too_large"
             ok = await request_raw(ws, {"id": 6, "op": "agents.list"})
             assert ok == {"id": 6, "ok": True, "result": []}
             stats = await request_raw(ws, {"id": 7, "op": "node.stats"})
             assert stats["result"]["api"]["errors"] >= 15
+
+
+async def test_a_frame_that_cannot_be_parsed_is_answered_with_its_leading_id(db):
+    # Found by fuzzing (docs/reliability.md): a request nested too deeply for the parser,
+    # too large, or malformed after a valid first "id" was answered with "id": null, so
+    # the client could not tell which of its requests had been refused.
+    async with running_node(db) as node:
+        async with trio_websocket.open_websocket_url(ws_url(node)) as ws:
+            deep = "[" * 5000 + "]" * 5000
+            reply = await request_raw(
+                ws, f'{{"id": 41, "op": "agents.create", "args": {{"attrs": {{"p": {deep}}}}}}}'
+            )
+            assert reply["id"] == 41 and reply["error"]["code"] == "bad_request"
+            assert "nested too deeply" in reply["error"]["message"]
+            reply = await request_raw(ws, '{"id": "req-42", "op": "agents.list", "args": {')
+            assert reply["id"] == "req-42" and reply["error"]["code"] == "bad_request"
+            huge = '{"id": 43, "op": "' + "o" * (MAX_FRAME + 1) + '"}'
+            reply = await request_raw(ws, huge)
+            assert reply["id"] == 43 and reply["error"]["code"] == "too_large"
+            # No id to read: not the first key, not an integer or string, out of range.
+            for frame in ('{"op": "x", "id": 44, ', '{"id": 4.5, ', '{"id": 9007199254740993, ',
+                          '{"id": ["x"], '):
+                reply = await request_raw(ws, frame)
+                assert reply["id"] is None and reply["error"]["code"] == "bad_request", frame
 
 
 async def test_an_unexpected_failure_is_internal_without_details(db, monkeypatch):

@@ -80,6 +80,17 @@ _PRUNE: Final = f"""
 """
 
 
+def _storable_key(key: int | str) -> bool:
+    """Whether SQLite can take ``key`` as a parameter (a 64-bit id, a UTF-8-encodable name)."""
+    if isinstance(key, int):
+        return -(2**63) <= key < 2**63
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Undecodable(str):
     """A TEXT value that was not valid UTF-8; the bad bytes are shown as U+FFFD."""
 
@@ -429,6 +440,10 @@ class SQLiteBackend:
             key = ref
         else:
             raise TypeError(f"an agent is named by its id (int), name (str) or record, got {ref!r}")
+        if not _storable_key(key):
+            # No row can have it (ids are 64-bit, names valid Unicode): SQLite would raise
+            # OverflowError / UnicodeEncodeError instead of finding nothing.
+            raise AgentNotFound(key)
         if isinstance(key, int):
             rows = self._agent_rows("WHERE id = ?", (key,))
         else:

@@ -69,6 +69,29 @@ ERROR_CODES: Final = (
 _MAX_ID = 2**53
 _TRIGGERS_PER_CONNECTION: Final = 64
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+# The id of a frame that cannot be parsed (malformed after it, nested too deeply, too
+# large), when it is the frame's first key: a JSON integer or a plain string.
+_LEADING_ID: Final = re.compile(
+    r'\s*\{\s*"id"\s*:\s*(-?(?:0|[1-9][0-9]{0,15})(?![0-9.eE])|"[^"\\\x00-\x1f]{0,200}")'
+)
+
+
+def leading_id(message: str) -> int | str | None:
+    """The request id of a frame that cannot be parsed, if its first key holds a valid one.
+
+    So that a client learns which of its requests was refused; ``None`` when no id can be
+    read without parsing the frame.
+    """
+    match = _LEADING_ID.match(message, 0, 256)
+    if match is None:
+        return None
+    try:
+        value: int | str = json.loads(match.group(1))
+    except ValueError:  # pragma: no cover - the pattern only matches valid JSON
+        return None
+    if isinstance(value, int) and not -_MAX_ID <= value <= _MAX_ID:
+        return None
+    return value
 
 
 def _default(value: Any) -> Any:
@@ -390,14 +413,18 @@ class _Connection:
             return
         if len(message) > MAX_FRAME:
             await self._reply_error(
-                None, "too_large", f"a frame may hold at most {MAX_FRAME} characters"
+                leading_id(message),
+                "too_large",
+                f"a frame may hold at most {MAX_FRAME} characters",
             )
             return
         try:
             frame = json.loads(message)
         except (ValueError, RecursionError) as exc:
             text = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
-            await self._reply_error(None, "bad_request", f"malformed JSON: {text}")
+            await self._reply_error(
+                leading_id(message), "bad_request", f"malformed JSON: {text}"
+            )
             return
         if not isinstance(frame, dict):
             await self._reply_error(
