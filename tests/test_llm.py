@@ -9,6 +9,7 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -1183,3 +1184,31 @@ async def test_truncated_answers_are_flagged(
     server.finish_reason = reason
     completion = await agent.complete("hi")
     assert completion.finish_reason == reason and completion.truncated
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_successful_answer_that_echoes_the_key_is_scrubbed(
+    server: FakeLLMServer,
+    client: llm_mod.LLMClient,
+    caplog: pytest.LogCaptureFixture,
+    provider: str,
+) -> None:
+    # Found by the secrets test (docs/reliability.md): a provider (a gateway, a debugging
+    # proxy) that echoes the request's credentials in a *successful* answer put the key in
+    # the completion, and from there in run results, the database, API frames and logs.
+    server.reply = lambda r: (
+        f"auth={r.headers.get('authorization')} x={r.headers.get('x-api-key')} "
+        f"q={quote(KEY, safe='')} and a key-like sk-not-our-key-123456 stays"
+    )
+    server.model_suffix = f"-{KEY}"
+    agent = client.bind(CONFIGS[provider](server))
+    caplog.set_level(logging.DEBUG)
+    completion = await agent.complete("hi")
+    assert KEY not in completion.text and quote(KEY, safe="") not in completion.text
+    assert "[redacted]" in completion.text
+    assert "sk-not-our-key-123456" in completion.text  # only the node's own key goes
+    assert KEY not in completion.model and completion.model.endswith("-[redacted]")
+    assert "the answer held the API key" in caplog.text and KEY not in caplog.text
+    server.reply = lambda r: "plain answer"
+    server.model_suffix = "-served"
+    assert (await agent.complete("hi")).text == "plain answer"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -179,6 +180,27 @@ class LLMClient:
                 provider=config.provider,
             )
         return value
+
+
+def _without_key(completion: Completion, api_key: str | None) -> Completion:
+    """``completion`` with the key scrubbed from its text and model name.
+
+    A provider (a gateway, a debugging proxy) that echoes the request's credentials in a
+    successful answer would otherwise put the key in run results, the database, API frames
+    and logs.
+    """
+    if not api_key:
+        return completion
+    redactor = KeyRedactor(api_key)
+    text = redactor.scrub_exact(completion.text)
+    model = redactor.scrub_exact(completion.model)
+    if text == completion.text and model == completion.model:
+        return completion
+    logger.warning(
+        "%s: the answer held the API key (the provider echoed it); it was redacted",
+        completion.provider,
+    )
+    return dataclasses.replace(completion, text=text, model=model)
 
 
 class BoundLLM:
@@ -381,7 +403,7 @@ class BoundLLM:
         started = time.monotonic()
         with telemetry.span(REQUEST_EVENT, metadata) as span:
             try:
-                completion = await self._send(request, body, api_key)
+                completion = _without_key(await self._send(request, body, api_key), api_key)
             except LLMError as exc:
                 KeyRedactor(api_key).clean(exc)
                 span.metadata["status"] = _STATUS_NAMES.get(type(exc), "error")

@@ -125,6 +125,17 @@ class KeyRedactor:
         """``text`` with every form of the key, and anything key-like, replaced."""
         return _scrub(text, self._forms)
 
+    def scrub_exact(self, text: str) -> str:
+        """``text`` with every form of the key replaced, and nothing else.
+
+        For a model's answer, which may legitimately hold key-like text (``sk-...`` in a
+        tutorial) but never the node's own key.
+        """
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
     def leaks(self, exc: BaseException) -> bool:
         """Whether ``str``, ``repr``, ``args`` or the attributes of ``exc`` hold the key."""
         if not self._forms:
