@@ -375,6 +375,40 @@ async def test_clients_that_fall_behind_are_closed_and_slow_nobody(db):
             assert (await watcher.request("agents.get", {"agent": "fat"}))["id"] == agent.id
 
 
+async def test_clients_that_stop_answering_pings_are_closed(db, monkeypatch):
+    # Found by the API abuse test (docs/reliability.md): a WebSocket whose peer vanished,
+    # that never read, or that trickled a frame a byte at a time was kept for ever, each
+    # holding one of the server's connection slots (1,000 of them locked every client out).
+    import functools
+
+    import arboretum.web._server as server_mod
+    from arboretum.web import Api
+
+    monkeypatch.setattr(
+        server_mod, "Api", functools.partial(Api, ping_interval=0.3, ping_timeout=0.3)
+    )
+    async with running_node(db) as node:
+        host, port = host_port(node)
+        async with client_of(node) as good:  # answers pings (trio-websocket does)
+            silent, rest = await raw_ws(host, port, node.token)
+            trickler, _ = await raw_ws(host, port, node.token)
+            async with silent, trickler:
+                frame = masked_frame(1, json.dumps({"id": 1, "op": "agents.list"}).encode())
+                await trickler.send_all(frame[:3])
+                # The silent one reads (it sees the pings) but never answers them.
+                code, reason, frames = await read_close(silent, rest)
+                assert code == 1011 and "keepalive: no pong within 0.3 s" in reason
+                assert any(op == 9 for op, _ in frames)  # it was pinged first
+                with trio.fail_after(8):
+                    while (await good.request("node.stats"))["api"]["connections"] != 1:
+                        await trio.sleep(0.05)
+                stats = await good.request("node.stats")
+                assert stats["api"]["keepalive_timeouts"] == 2
+                assert stats["api"]["dropped_clients"] == 2
+            await trio.sleep(1.0)  # several ping rounds: the good client stays
+            assert (await good.request("node.stats"))["api"]["connections"] == 1
+
+
 async def test_node_json_and_token_files(db):
     async with running_node(db) as node:
         info = read_node_file(db)

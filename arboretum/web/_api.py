@@ -13,7 +13,14 @@ Every connection has a bounded outbox (1,024 frames). Pushes never wait: a conne
 outbox is full has fallen behind; it gets a close frame (1008, with the reason) after the
 frame in flight and is dropped ``drop_after`` seconds later whatever the client does, so a
 client that stops reading slows nobody else. Replies wait for room in the outbox (a client
-that sends requests without reading replies only stalls itself).
+that sends requests without reading replies only stalls itself, until the keepalive below
+closes it).
+
+Every connection is pinged every ``ping_interval`` seconds (20); a client that does not
+answer within ``ping_timeout`` seconds (20) -- a peer that vanished, a client that stopped
+reading, one that trickles a frame a byte at a time -- gets a close frame (1011, with the
+reason) and is dropped ``drop_after`` seconds later. Browsers and trio-websocket answer
+pings by themselves.
 
 The pushes are fed by one task per server (:meth:`Api.run`): it follows the node's PubSub
 topics, encodes each event once and hands the same text to every subscribed connection.
@@ -306,6 +313,7 @@ class _Connection:
         self.topics: set[str] = set()
         self.after_reply: list[str] = []
         self.behind = False
+        self.close_with = (1008, "")
         self._outbox_in, self._outbox_out = trio.open_memory_channel[str](api.outbox_size)
         self._scope = trio.CancelScope()
         self._triggers = trio.Semaphore(_TRIGGERS_PER_CONNECTION)
@@ -322,19 +330,51 @@ class _Connection:
             pass
 
     def _fall_behind(self) -> None:
-        self.behind = True
-        self.api.dropped_clients += 1
         logger.warning(
             "web: the API client %s fell %d frames behind; closing it",
             self.peer,
             self.api.outbox_size,
         )
+        self._give_up(
+            1008, f"outbox full: the client fell {self.api.outbox_size} frames behind"
+        )
+
+    def _give_up(self, code: int, reason: str) -> None:
+        """Close this connection with ``code``: it has fallen behind or stopped answering."""
+        if self.behind:
+            return
+        self.behind = True
+        self.close_with = (code, reason)
+        self.api.dropped_clients += 1
         for topic in list(self.topics):
             self.api.unsubscribe(self, topic)
         # Dropped a few seconds from now whatever the client does.
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self.api.drop_after)
         # Wake the writer if it waits for frames: it sends the close frame.
         self._outbox_in.close()
+
+    async def _keepalive(self) -> None:
+        """Ping the client every ``ping_interval`` s; no pong within ``ping_timeout`` s
+        (a peer that vanished, or a client that does not read) closes the connection."""
+        interval, timeout = self.api.ping_interval, self.api.ping_timeout
+        if interval is None or timeout is None:
+            return
+        while not self.behind:
+            await trio.sleep(interval)
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    await self.ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return
+            if scope.cancelled_caught:
+                self.api.keepalive_timeouts += 1
+                logger.warning(
+                    "web: the API client %s did not answer a ping within %g s; closing it",
+                    self.peer,
+                    timeout,
+                )
+                self._give_up(1011, f"keepalive: no pong within {timeout:g} s")
+                return
 
     async def _send(self, frame: dict[str, Any]) -> None:
         if self.behind:
@@ -360,6 +400,7 @@ class _Connection:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer)
+                    nursery.start_soon(self._keepalive)
                     await self._reader(nursery)
                     if self.behind:
                         # Let the writer finish the close handshake, within the deadline.
@@ -383,10 +424,7 @@ class _Connection:
                 await ws.send_message(frame)
                 self.api.frames_out += 1
             if self.behind:
-                reason = (
-                    f"outbox full: the client fell {self.api.outbox_size} frames behind"
-                )
-                await ws.aclose(1008, reason)
+                await ws.aclose(*self.close_with)
         except trio_websocket.ConnectionClosed:
             pass
         finally:
@@ -516,6 +554,9 @@ class Api:
         outbox_size: frames buffered per connection before it counts as fallen behind.
         drop_after: seconds a fallen-behind client has to answer the close frame.
         stats_interval: seconds between ``stats`` (and ``states``) pushes.
+        ping_interval: seconds between the pings sent to each client (``None``: never).
+        ping_timeout: seconds a client has to answer a ping before it is closed (code
+            1011) and dropped ``drop_after`` seconds later.
     """
 
     def __init__(
@@ -525,11 +566,16 @@ class Api:
         outbox_size: int = 1024,
         drop_after: float = 3.0,
         stats_interval: float = 1.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
     ) -> None:
         self.node = node
         self.outbox_size = outbox_size
         self.drop_after = drop_after
         self.stats_interval = stats_interval
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.keepalive_timeouts = 0
         self.connections: set[_Connection] = set()
         self._subscribers: dict[str, dict[_Connection, None]] = {t: {} for t in TOPICS}
         self._last_states: str | None = None
@@ -571,6 +617,7 @@ class Api:
             "frames_out": self.frames_out,
             "errors": self.errors,
             "dropped_clients": self.dropped_clients,
+            "keepalive_timeouts": self.keepalive_timeouts,
         }
         return result
 
