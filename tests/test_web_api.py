@@ -210,7 +210,8 @@ async def test_every_documented_code_and_op_is_covered():
     }
     assert set(OPS) == {
         "agents.list", "agents.get", "agents.create", "agents.update", "agents.delete",
-        "agents.set_status", "agents.trigger", "agents.state", "agents.states", "runs.list",
+        "agents.set_status", "agents.trigger", "agents.state", "agents.states", "agents.validate",
+        "runs.list",
         "node.stats", "subscribe", "unsubscribe",
     }
 

@@ -403,10 +403,16 @@ class Store:
         changes, errors = cast_changes(attrs, creating=ref is None)
         if "agent" in errors:
             raise ValidationError(errors)
-        if ref is None:
-            return self._validated({**agent_defaults(), **changes}, errors, None)
-        current = self._backend.get_agent(ref)
-        return self._validated({**current.config(), **changes}, errors, current)
+        current = None if ref is None else self._backend.get_agent(ref)
+        base = agent_defaults() if current is None else current.config()
+        normalized = self._validated({**base, **changes}, errors, current)
+        # A write finds a taken name only when it writes; say so now.
+        name = normalized["name"]
+        if current is None or name != current.name:
+            problem = self._backend.name_conflict(name, None if current is None else current.id)
+            if problem is not None:
+                raise ValidationError({"name": [problem]})
+        return normalized
 
     async def check_agent(
         self, attrs: Mapping[str, Any], *, agent: AgentRef | None = None
