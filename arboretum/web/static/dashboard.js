@@ -66,9 +66,13 @@
     const target = again ? again.querySelectorAll("a, summary, button")[which] : null;
     if (target) target.focus();
   }
-  function later(fn, ms) {
-    let timer = null;
-    return () => { if (timer === null) timer = setTimeout(() => { timer = null; fn(); }, ms); };
+  function later(fn) {
+    // Coalesce a burst of pushes into one render. A MessageChannel task, unlike a timer,
+    // is not throttled in a background tab: a page nobody looks at is still current.
+    const channel = new MessageChannel();
+    let queued = false;
+    channel.port1.onmessage = () => { queued = false; fn(); };
+    return () => { if (!queued) { queued = true; channel.port2.postMessage(null); } };
   }
 
   // ------------------------------------------------------------------ the API connection
@@ -210,7 +214,7 @@
       }
       tbody.replaceChildren(...rows);
       $("agents-empty").hidden = rows.length > 0;
-    }), 30);
+    }));
     $("filter-name").addEventListener("input", render);
     $("filter-status").addEventListener("change", render);
     $("filters").addEventListener("submit", (ev) => ev.preventDefault());
