@@ -29,9 +29,18 @@ def create(db, *flags):
 
 def test_every_command_has_help_with_an_example():
     commands = [
-        ["init"], ["run"], ["trigger"], ["runs"], ["top"],
-        ["agents", "list"], ["agents", "show"], ["agents", "create"], ["agents", "update"],
-        ["agents", "delete"], ["agents", "enable"], ["agents", "disable"],
+        ["init"],
+        ["run"],
+        ["trigger"],
+        ["runs"],
+        ["top"],
+        ["agents", "list"],
+        ["agents", "show"],
+        ["agents", "create"],
+        ["agents", "update"],
+        ["agents", "delete"],
+        ["agents", "enable"],
+        ["agents", "disable"],
     ]
     for command in commands:
         result = cli(*command, "--help")
@@ -60,8 +69,13 @@ def test_db_defaults_to_the_environment_variable(db):
 
 def test_create_list_show_with_text_and_json(db):
     agent = create(
-        db, "--name", "echo-agent", "--responsibility", "echo_test=echo",
-        "--schedule", "echo_test=*/5 * * * *",
+        db,
+        "--name",
+        "echo-agent",
+        "--responsibility",
+        "echo_test=echo",
+        "--schedule",
+        "echo_test=*/5 * * * *",
     )
     assert agent["name"] == "echo-agent" and agent["abilities"] == ["echo"]
     assert agent["responsibilities"]["echo_test"]["schedule"] == "*/5 * * * *"
@@ -71,7 +85,15 @@ def test_create_list_show_with_text_and_json(db):
     listed = cli("agents", "list", "--db", db)
     assert listed.exit_code == 0
     lines = listed.stdout.splitlines()
-    assert lines[0].split() == ["id", "name", "status", "abilities", "responsibilities", "last", "error"]
+    assert lines[0].split() == [
+        "id",
+        "name",
+        "status",
+        "abilities",
+        "responsibilities",
+        "last",
+        "error",
+    ]
     assert lines[1].split()[:4] == ["1", "echo-agent", "active", "echo"]
     assert "echo_test (*/5 * * * *)" in lines[1]
     assert lines[2].split()[:3] == ["2", "second", "inactive"]
@@ -89,8 +111,16 @@ def test_create_list_show_with_text_and_json(db):
 def test_validation_errors_are_per_field_with_exit_2_and_no_traceback(db):
     create(db, "--name", "taken")
     result = cli(
-        "agents", "create", "--db", db, "--name", "taken", "--responsibility", "r=echo",
-        "--schedule", "r=not cron",
+        "agents",
+        "create",
+        "--db",
+        db,
+        "--name",
+        "taken",
+        "--responsibility",
+        "r=echo",
+        "--schedule",
+        "r=not cron",
     )
     assert result.exit_code == 2
     assert result.stdout == ""
@@ -102,8 +132,18 @@ def test_validation_errors_are_per_field_with_exit_2_and_no_traceback(db):
     assert as_json.exit_code == 2
     body = json.loads(as_json.stdout)
     assert body["error"]["code"] == "validation" and "name" in body["error"]["fields"]
-    flags = cli("agents", "create", "--db", db, "--name", "x", "--responsibility", "noequals",
-                "--schedule", "ghost=* * * * *")
+    flags = cli(
+        "agents",
+        "create",
+        "--db",
+        db,
+        "--name",
+        "x",
+        "--responsibility",
+        "noequals",
+        "--schedule",
+        "ghost=* * * * *",
+    )
     assert flags.exit_code == 2
     assert "--responsibility: expected KEY=ABILITY[,ABILITY...], got 'noequals'" in flags.stderr
     assert "--schedule: ghost: no such responsibility" in flags.stderr
@@ -121,13 +161,19 @@ def test_from_file_json_and_toml_and_flags_win(db, tmp_path):
     agent = create(db, "--from-file", spec, "--status", "active")
     assert agent["name"] == "from-json" and agent["status"] == "active"
     toml = tmp_path / "agent.toml"
-    toml.write_text('name = "from-toml"\nabilities = ["echo"]\n[responsibilities.t]\nabilities = ["echo"]\n')
+    toml.write_text(
+        'name = "from-toml"\nabilities = ["echo"]\n[responsibilities.t]\nabilities = ["echo"]\n'
+    )
     agent = create(db, "--from-file", toml)
     assert agent["responsibilities"]["t"]["abilities"] == ["echo"]
     broken = tmp_path / "broken.json"
     broken.write_text("{nope")
     result = cli("agents", "create", "--db", db, "--from-file", broken)
-    assert result.exit_code == 2 and "--from-file:" in result.stderr and "not valid JSON" in result.stderr
+    assert (
+        result.exit_code == 2
+        and "--from-file:" in result.stderr
+        and "not valid JSON" in result.stderr
+    )
     missing = cli("agents", "create", "--db", db, "--from-file", tmp_path / "nope.json")
     assert missing.exit_code == 2 and "cannot read" in missing.stderr
 
@@ -138,7 +184,8 @@ def test_update_changes_only_what_is_given(db):
     assert result.exit_code == 0, result.output
     assert result.stdout == "updated agent 1: a (changed: responsibilities)\n"
     shown = json.loads(cli("agents", "show", "a", "--db", db, "--json").stdout)
-    assert shown["responsibilities"]["r"] == {"abilities": ["echo"], "schedule": "*/2 * * * *", "payload": {}}
+    r = shown["responsibilities"]["r"]
+    assert (r["abilities"], r["schedule"], r["payload"]) == (["echo"], "*/2 * * * *", {})
     cleared = cli("agents", "update", "1", "--db", db, "--schedule", "r=", "--json")
     assert json.loads(cleared.stdout)["responsibilities"]["r"]["schedule"] is None
     renamed = cli("agents", "update", "1", "--db", db, "--name", "b")
@@ -160,7 +207,13 @@ def test_enable_disable_and_not_found(db):
     assert again.stdout == "agent 1: a is already inactive\n"
     on = cli("agents", "enable", "1", "--db", db, "--json")
     assert json.loads(on.stdout)["status"] == "active"
-    for command in (["show"], ["enable"], ["disable"], ["delete", "--yes"], ["update", "--name", "z"]):
+    for command in (
+        ["show"],
+        ["enable"],
+        ["disable"],
+        ["delete", "--yes"],
+        ["update", "--name", "z"],
+    ):
         result = cli("agents", command[0], "ghost", "--db", db, *command[1:])
         assert result.exit_code == 3, command
         assert result.stderr == "error: no agent with name 'ghost'\n"
@@ -191,7 +244,9 @@ def test_runs_lists_the_history(db):
 
     async def record():
         async with open_store(str(db)) as store:
-            await store.record_run("a", "r", "echo", "manual", "ok", duration_ms=3, result_summary="{}")
+            await store.record_run(
+                "a", "r", "echo", "manual", "ok", duration_ms=3, result_summary="{}"
+            )
             await store.record_run("a", "r", "echo", "api", "error", attempts=3, error="boom")
 
     trio.run(record)
@@ -226,3 +281,55 @@ def test_run_refuses_a_remote_host_without_allow_remote(db):
     assert not db.exists()
     missing = cli("run", "--db", db, "--config", db.parent / "nope.toml")
     assert missing.exit_code == 2 and "no settings file" in missing.stderr
+
+
+def test_top_model_counts_runs_of_the_last_minute():
+    import time as _time
+    from datetime import UTC, datetime, timedelta
+
+    from arboretum.cli._top import TopModel, plain_once
+
+    model = TopModel()
+    now = _time.time()
+    fresh = datetime.fromtimestamp(now - 10, UTC).replace(tzinfo=None).isoformat() + "Z"
+    old = (datetime.fromtimestamp(now, UTC) - timedelta(minutes=5)).isoformat()
+    model.apply(
+        "states",
+        {
+            "agents": [
+                {
+                    "id": 1,
+                    "name": "a",
+                    "status": "active",
+                    "running": True,
+                    "restarts": 2,
+                    "last_error": "boom\nline two",
+                    "next_runs": {"r": "2030-01-01T09:00:00+00:00"},
+                },
+                {
+                    "id": 2,
+                    "name": "b",
+                    "status": "inactive",
+                    "running": False,
+                    "restarts": 0,
+                    "last_error": None,
+                    "next_runs": {},
+                },
+            ]
+        },
+    )
+    model.apply("runs", {"run": {"agent_id": 1, "inserted_at": fresh}})
+    model.add_run({"agent_id": 1, "inserted_at": old})
+    model.apply("runs", {"run": {"agent_id": 1, "inserted_at": fresh}})
+    assert model.rate(1, now) == 2 and model.rate(2, now) == 0
+    rows = model.rows(now)
+    assert rows[0][:6] == ["a", "active", "yes", "2", "2", "boom line two"]
+    assert rows[0][6] != "-" and rows[1][6] == "-"
+    model.apply(
+        "stats",
+        {"running": 1, "agents": 2, "runs": 3, "failures": 1, "restarts": 2, "uptime_s": 75},
+    )
+    text = plain_once(model)
+    assert (
+        text.splitlines()[0] == "1 running of 2 agents · 3 runs, 1 failed · 2 restarts · up 1m15s"
+    )

@@ -101,12 +101,17 @@ async def test_error_codes_for_the_node_s_refusals(db):
         with trio.fail_after(20):
             await client.request("agents.create", {"attrs": ECHO})
             error = await expect_error(
-                client, "agents.create", {"attrs": {"name": "echo-agent", "colour": 1}}, "validation"
+                client,
+                "agents.create",
+                {"attrs": {"name": "echo-agent", "colour": 1}},
+                "validation",
             )
             assert error.fields["name"] == ["has already been taken"]
             assert "colour" in error.fields
             refused = await expect_error(
-                client, "agents.create", {"attrs": {"name": "x", "abilities": ["os:system"]}},
+                client,
+                "agents.create",
+                {"attrs": {"name": "x", "abilities": ["os:system"]}},
                 "validation",
             )
             assert any(k.startswith("abilities") for k in refused.fields)
@@ -114,18 +119,23 @@ async def test_error_codes_for_the_node_s_refusals(db):
             await expect_error(client, "runs.list", {"agent": 99}, "not_found")
             await node.sync()
             unknown = await expect_error(
-                client, "agents.trigger", {"agent": 1, "responsibility": "nope"},
+                client,
+                "agents.trigger",
+                {"agent": 1, "responsibility": "nope"},
                 "unknown_responsibility",
             )
             assert "echo_test" in unknown.fields["responsibility"][0]
             await client.request("agents.set_status", {"agent": 1, "status": "inactive"})
             await node.sync()
             await expect_error(
-                client, "agents.trigger", {"agent": 1, "responsibility": "echo_test"},
+                client,
+                "agents.trigger",
+                {"agent": 1, "responsibility": "echo_test"},
                 "not_running",
             )
-            await expect_error(client, "agents.set_status", {"agent": 1, "status": "paused"},
-                               "validation")
+            await expect_error(
+                client, "agents.set_status", {"agent": 1, "status": "paused"}, "validation"
+            )
             await expect_error(client, "no.such.op", {}, "unknown_op")
 
 
@@ -192,6 +202,7 @@ async def test_malformed_frames_get_error_replies_and_the_connection_goes_on(db)
 
 async def test_an_unexpected_failure_is_internal_without_details(db, monkeypatch):
     async with running_node(db) as node, client_of(node) as client:
+
         def broken():
             raise RuntimeError("sk-secret-value")
 
@@ -205,14 +216,30 @@ async def test_an_unexpected_failure_is_internal_without_details(db, monkeypatch
 async def test_every_documented_code_and_op_is_covered():
     # Keep the tests above in step with the protocol's tables.
     assert set(ERROR_CODES) == {
-        "bad_request", "unknown_op", "validation", "not_found", "not_running",
-        "unknown_responsibility", "too_large", "internal",
+        "bad_request",
+        "unknown_op",
+        "validation",
+        "not_found",
+        "not_running",
+        "unknown_responsibility",
+        "too_large",
+        "internal",
     }
     assert set(OPS) == {
-        "agents.list", "agents.get", "agents.create", "agents.update", "agents.delete",
-        "agents.set_status", "agents.trigger", "agents.state", "agents.states", "agents.validate",
+        "agents.list",
+        "agents.get",
+        "agents.create",
+        "agents.update",
+        "agents.delete",
+        "agents.set_status",
+        "agents.trigger",
+        "agents.state",
+        "agents.states",
+        "agents.validate",
         "runs.list",
-        "node.stats", "subscribe", "unsubscribe",
+        "node.stats",
+        "subscribe",
+        "unsubscribe",
     }
 
 
@@ -290,34 +317,38 @@ async def test_stats_are_pushed_at_most_once_a_second(db):
         assert all(gap >= 0.9 for gap in gaps), times
 
 
-async def test_a_client_that_never_reads_is_closed_and_slows_nobody(db):
+async def test_clients_that_fall_behind_are_closed_and_slow_nobody(db):
     async with running_node(db) as node:
-        agent = await node.store.create_agent(
-            {"name": "fat", "prompts": {"system": "x" * 90_000}}
-        )
+        agent = await node.store.create_agent({"name": "fat", "prompts": {"system": "x" * 90_000}})
         event = AgentUpdated(agent, agent, frozenset({"prompts"}))
+        host, port = host_port(node)
+        subscribe = json.dumps({"id": 1, "op": "subscribe", "args": {"topics": ["agents"]}})
         async with client_of(node) as watcher:
-            host, port = host_port(node)
-            stream, _ = await raw_ws(host, port, node.token)
-            async with stream:
-                frame = json.dumps({"id": 1, "op": "subscribe", "args": {"topics": ["agents"]}})
-                await stream.send_all(masked_frame(1, frame.encode()))
+            never, _ = await raw_ws(host, port, node.token)  # never reads again
+            late, _ = await raw_ws(host, port, node.token)  # reads again, but too late
+            async with never, late:
+                for stream in (never, late):
+                    await stream.send_all(masked_frame(1, subscribe.encode()))
+                with trio.fail_after(5):
+                    while (await watcher.request("node.stats"))["api"]["connections"] != 3:
+                        await trio.sleep(0.05)
                 await trio.sleep(0.2)
-                # Far more than the outbox and the socket buffers hold; never read.
+                # Far more than an outbox and the socket buffers hold.
                 for _ in range(3000):
                     node.pubsub.broadcast(AGENTS_TOPIC, event)
                     await trio.sleep(0)
-                with trio.fail_after(1):  # the node answers others at once meanwhile
+                with trio.fail_after(1):  # meanwhile the node answers others at once
                     stats = await watcher.request("node.stats")
-                assert stats["api"]["dropped_clients"] == 1
-                # Dropped within a few seconds although it never answers the close frame.
+                assert stats["api"]["dropped_clients"] == 2
+                # The late reader gets what was in flight, then the close with the reason.
+                code, reason, frames = await read_close(late)
+                assert code == 1008 and "fell 1024 frames behind" in reason
+                pushes = text_frames(frames)
+                assert pushes and all(f.get("event") == "agents" for f in pushes[1:])
+                # The one that never reads is dropped within a few seconds all the same.
                 with trio.fail_after(8):
                     while (await watcher.request("node.stats"))["api"]["connections"] != 1:
                         await trio.sleep(0.1)
-                # What it gets when it finally reads: pushes, then the close with the reason.
-                code, reason, frames = await read_close(stream)
-                assert code == 1008 and "fell 1024 frames behind" in reason
-                assert all(f["event"] == "agents" for f in text_frames(frames)[1:])
             assert (await watcher.request("agents.get", {"agent": "fat"}))["id"] == agent.id
 
 

@@ -77,7 +77,9 @@ async def test_routes_auth_and_404(nursery):
     wrong_port_cookie = get("/", f"Cookie: arboretum_token_1={TOKEN}\r\n")
     assert status_of(await http_exchange("127.0.0.1", port, wrong_port_cookie)) == 401
     # A failing page is a 500 without the exception's text; the server goes on.
-    failed = await http_exchange("127.0.0.1", port, get("/boom", f"Authorization: Bearer {TOKEN}\r\n"))
+    failed = await http_exchange(
+        "127.0.0.1", port, get("/boom", f"Authorization: Bearer {TOKEN}\r\n")
+    )
     assert status_of(failed) == 500 and b"secret-ish" not in failed
     assert status_of(await http_exchange("127.0.0.1", port, get("/open"))) == 200
     post = b"POST /open HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

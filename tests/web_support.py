@@ -33,7 +33,9 @@ def host_port(node: Any) -> tuple[str, int]:
     return parts.hostname, parts.port
 
 
-async def http_exchange(host: str, port: int, data: bytes, *, read_until_close: bool = True) -> bytes:
+async def http_exchange(
+    host: str, port: int, data: bytes, *, read_until_close: bool = True
+) -> bytes:
     """Send raw bytes, return everything the server sends until it closes (or 5 s)."""
     stream = await trio.open_tcp_stream(host, port)
     async with stream:

@@ -197,24 +197,22 @@ def _db_path(db: Path, *, must_exist: bool) -> str:
     return path
 
 
-def _validators() -> list[Any]:
-    """The node's ability allow-list as a store validator, when the runtime is present."""
-    try:
-        from ..abilities import Abilities
-    except ImportError:  # pragma: no cover - only before the runtime layer exists
-        return []
-    patterns = tuple(p for p in os.environ.get("ARBORETUM_ALLOW", "").split(",") if p.strip())
-    abilities = Abilities(allow=patterns, entry_points=True)
+def _validators(db: Path) -> list[Any]:
+    """The ability allow-list as a store validator, so the CLI refuses what the node would.
 
-    def check(agent: Any) -> dict[str, list[str]]:
-        errors: dict[str, list[str]] = {}
-        for i, name in enumerate(agent.get("abilities") or []):
-            reason = abilities.check(name)
-            if reason is not None:
-                errors.setdefault(f"abilities.{i}", []).append(reason)
-        return errors
+    The patterns are those of the settings (``arboretum.toml``, ``ARBORETUM_ALLOW``) and,
+    when a node is running for this database, the ones it runs with (from node.json).
+    """
+    from ..abilities import Abilities
+    from ..settings import Settings
+    from ..web._files import read_node_file
 
-    return [check]
+    settings = Settings.load(None, database=os.fspath(db))
+    patterns = list(settings.allow)
+    running = read_node_file(os.fspath(db))
+    if running is not None:
+        patterns.extend(p for p in running.allow if p not in patterns)
+    return [Abilities(tuple(patterns)).store_validator]
 
 
 async def _resolve(store: Store, ref: str) -> AgentRecord:
@@ -390,7 +388,7 @@ def agents_create(
             responsibilities=responsibility or (),
             schedules=schedule or (),
         )
-        async with open_store(_db_path(db, must_exist=False), validators=_validators()) as store:
+        async with open_store(_db_path(db, must_exist=False), validators=_validators(db)) as store:
             return await store.create_agent(attrs)
 
     record = run_async(out, go)
@@ -418,7 +416,7 @@ def agents_update(
     out = Output(json_mode=json_out)
 
     async def go() -> tuple[AgentRecord, AgentRecord]:
-        async with open_store(_db_path(db, must_exist=True), validators=_validators()) as store:
+        async with open_store(_db_path(db, must_exist=True), validators=_validators(db)) as store:
             current = await _resolve(store, agent)
             changes = agent_changes(
                 current=current.config(),

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import trio
+import trio.lowlevel
 
 from ._output import STATUS_STYLES, Output
 
@@ -72,23 +73,38 @@ async def run_node(out: Output, settings: Any, demo: bool) -> None:
         async with trio.open_nursery() as outer:
             stop = trio.CancelScope()
             outer.start_soon(_watch_signals, out, signals, stop, database)
-            with stop:
-                async with open_node(settings=settings) as node:
-                    async with node.pubsub.subscribe(LIFECYCLE_TOPIC) as lifecycle:
-                        await _started(out, node, demo)
-                        await _follow_lifecycle(out, lifecycle)
+            lifecycle = None
+            try:
+                with stop:
+                    async with open_node(settings=settings) as node:
+                        # Subscribed before the first checkpoint after the node started, so
+                        # no event is lost; followed outside `stop`, so that the agents'
+                        # "stopped" lines of the shutdown are printed too.
+                        lifecycle = node.pubsub.subscribe_nowait(LIFECYCLE_TOPIC)
+                        await _started(out, node, lifecycle, demo)
+                        outer.start_soon(_follow_lifecycle, out, lifecycle)
+                        await trio.sleep_forever()
+            finally:
+                if lifecycle is not None:
+                    lifecycle.close()  # the follower prints what is buffered, then ends
             try:
                 stats = node.statistics()
             except Exception:
                 stats = {}
+            await trio.lowlevel.checkpoint()  # let the follower print the last lines first
+            runs = stats.get("runs", 0)
             out.line(
-                f"{_clock()}  stopped: {stats.get('runs', 0)} runs this session "
+                f"{_clock()}  stopped: {runs} run{'' if runs == 1 else 's'} this session "
                 f"({stats.get('failures', 0)} failed); every agent stopped"
             )
             outer.cancel_scope.cancel()
 
 
-async def _started(out: Output, node: Any, demo: bool) -> None:
+async def _started(out: Output, node: Any, lifecycle: Any, demo: bool) -> None:
+    states = node.agent_states()
+    for state in states:
+        if state.running:
+            lifecycle_line(out, "started", state.id, state.name, None)
     if demo:
         from ..agents.demo import seed_demo_agents
 
@@ -99,10 +115,21 @@ async def _started(out: Output, node: Any, demo: bool) -> None:
             await node.sync()
         else:
             out.line(f"{_clock()}  --demo: the database already has agents, none added")
-    states = node.agent_states()
-    for state in states:
-        if state.running:
-            lifecycle_line(out, "started", state.id, state.name, None)
+        # The demo agents' "started" lines, from the lifecycle events ...
+        printed = {s.id for s in states if s.running}
+        while True:
+            try:
+                event = lifecycle.receive_nowait()
+            except trio.WouldBlock:
+                break
+            lifecycle_line(out, event.kind, event.agent_id, event.name, event.reason)
+            if event.kind == "started":
+                printed.add(event.agent_id)
+        # ... and from the states, for any whose event has not come (yet).
+        states = node.agent_states()
+        for state in states:
+            if state.running and state.id not in printed:
+                lifecycle_line(out, "started", state.id, state.name, None)
     running = sum(1 for s in states if s.running)
     out.line(f"{_clock()}  {len(states)} agents stored, {running} running")
     if node.web_url:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -18,6 +18,7 @@ from ._output import STATUS_STYLES, Output, plain_table
 
 __all__ = ["TopModel", "run_top"]
 
+_RECENT_FOR = 200  # agents whose recent runs are read at start (runs/min)
 HEADERS = ("agent", "status", "running", "restarts", "runs/min", "last error", "next run")
 
 
@@ -29,24 +30,34 @@ class TopModel:
         self.stats: dict[str, Any] = {}
         self._runs: dict[int, deque[float]] = {}
 
-    def apply(self, event: str, data: Any, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+    def apply(self, event: str, data: Any) -> None:
+        """Take in one push (or a reply shaped like one)."""
         if event == "states" and isinstance(data, dict):
             self.states = list(data.get("agents") or [])
         elif event == "stats" and isinstance(data, dict):
             self.stats = data
         elif event == "runs" and isinstance(data, dict):
-            run = data.get("run") or {}
-            self._runs.setdefault(int(run.get("agent_id", 0)), deque()).append(now)
+            self.add_run(data.get("run") or {})
+
+    def add_run(self, run: dict[str, Any]) -> None:
+        """Count one run (``runs.list`` item or ``runs`` push) by its recording time."""
+        try:
+            at = datetime.fromisoformat(str(run.get("inserted_at")).replace("Z", "+00:00"))
+            when = at.replace(tzinfo=at.tzinfo or UTC).timestamp()
+        except ValueError:
+            when = time.time()
+        times = self._runs.setdefault(int(run.get("agent_id", 0)), deque())
+        times.append(when)
 
     def rate(self, agent_id: int, now: float | None = None) -> int:
-        now = time.monotonic() if now is None else now
+        """Runs of the agent recorded within the last 60 seconds."""
+        now = time.time() if now is None else now
         times = self._runs.get(agent_id)
         if not times:
             return 0
-        while times and times[0] < now - 60:
-            times.popleft()
-        return len(times)
+        recent = deque(t for t in times if t >= now - 60)
+        self._runs[agent_id] = recent
+        return len(recent)
 
     def rows(self, now: float | None = None) -> list[list[str]]:
         rows = []
@@ -165,6 +176,10 @@ async def run_top(out: Output, database: str) -> None:
     async with open_client(database) as client:
         model.apply("states", {"agents": await client.request("agents.states")})
         model.apply("stats", await client.request("node.stats"))
+        for state in model.states[:_RECENT_FOR]:
+            # Runs per minute so far: the recent history (then the pushes keep it current).
+            for run in await client.request("runs.list", {"agent": state["id"], "limit": 100}):
+                model.add_run(run)
         if not out.rich:
             out.line(plain_once(model))
             return

@@ -95,6 +95,7 @@ class NodeFile:
         pid: the node's process id.
         protocol: the API protocol version.
         path: the file it was read from.
+        allow: the node's ability module patterns (so the CLI validates like the node).
     """
 
     url: str
@@ -102,6 +103,7 @@ class NodeFile:
     pid: int
     protocol: int
     path: str
+    allow: tuple[str, ...] = ()
 
     @property
     def ws_url(self) -> str:
@@ -110,11 +112,22 @@ class NodeFile:
 
 
 def write_node_file(
-    database: str | os.PathLike[str], *, url: str, token: str, protocol: int
+    database: str | os.PathLike[str],
+    *,
+    url: str,
+    token: str,
+    protocol: int,
+    allow: tuple[str, ...] = (),
 ) -> str:
     """Write ``<database>.node.json`` (mode 0600) for this process; return its path."""
     path = node_file_path(database)
-    data = {"url": url, "token": token, "pid": os.getpid(), "protocol": protocol}
+    data = {
+        "url": url,
+        "token": token,
+        "pid": os.getpid(),
+        "protocol": protocol,
+        "allow": list(allow),
+    }
     tmp = f"{path}.{os.getpid()}.tmp"
     _write_private(tmp, json.dumps(data) + "\n", exclusive=False)
     os.replace(tmp, path)  # atomic: a reader never sees half a file
@@ -168,4 +181,6 @@ def read_node_file(database: str | os.PathLike[str]) -> NodeFile | None:
         return None
     if not pid_alive(pid):
         return None
-    return NodeFile(url=url, token=token, pid=pid, protocol=protocol, path=path)
+    allow = data.get("allow", [])
+    patterns = tuple(p for p in allow if isinstance(p, str)) if isinstance(allow, list) else ()
+    return NodeFile(url=url, token=token, pid=pid, protocol=protocol, path=path, allow=patterns)

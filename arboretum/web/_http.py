@@ -14,6 +14,7 @@ most ``max_connections`` connections are served at once.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -157,6 +158,9 @@ class _ReplayStream(trio.abc.Stream):
     def __init__(self, inner: trio.abc.Stream, prefix: bytes) -> None:
         self._inner = inner
         self._prefix = prefix
+        self.sent_close = False
+        #: Called before the stream closes; may return a last frame to send.
+        self.before_close: Callable[[bool], bytes | None] | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
@@ -169,13 +173,39 @@ class _ReplayStream(trio.abc.Stream):
         return bytes(await self._inner.receive_some(max_bytes))
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            # One call per WebSocket frame; 0x88 opens a server's close frame.
+            self.sent_close = bytes(data[:1]) == b"\x88"
         await self._inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._inner.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        try:
+            last = self.before_close(self.sent_close) if self.before_close else None
+            if last:
+                with trio.move_on_after(1):
+                    await self._inner.send_all(last)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self._inner.aclose()
+
+
+def _close_frame(ws: trio_websocket.WebSocketConnection, sent_close: bool) -> bytes | None:
+    """The close frame trio-websocket leaves out when wsproto refused the client's input.
+
+    On invalid UTF-8 or a malformed frame, wsproto reports a close (1007 / 1002) and
+    trio-websocket closes the TCP stream without sending it: send it, so that the client
+    learns why.
+    """
+    reason = ws.closed
+    if sent_close or reason is None or reason.code not in (1002, 1007):
+        return None
+    text = (reason.reason or "").encode("utf-8")[:120]
+    payload = reason.code.to_bytes(2, "big") + text
+    return b"\x88" + bytes([len(payload)]) + payload
 
 
 class _ClientGone(Exception):
@@ -498,6 +528,7 @@ class HttpServer:
                     nursery, replay, max_message_size=self.max_message
                 )
                 ws = await ws_request.accept()
+            replay.before_close = functools.partial(_close_frame, ws)
             try:
                 await self._ws_handler(ws, request)
             finally:

@@ -126,7 +126,10 @@ async def serve_web(
         await nursery.start(api.run)
         try:
             if path is not None:
-                write_node_file(path, url=url, token=token, protocol=PROTOCOL_VERSION)
+                allow = tuple(str(p) for p in getattr(settings, "allow", ()) or ())
+                write_node_file(
+                    path, url=url, token=token, protocol=PROTOCOL_VERSION, allow=allow
+                )
             logger.info("web: serving %s (API at /api/ws)", url)
             task_status.started(WebInfo(url, token, bind_host, server.port, api))
             await trio.sleep_forever()

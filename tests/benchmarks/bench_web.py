@@ -131,8 +131,13 @@ async def push_latency(url: str, subscribers: int, writes: int) -> list[float]:
                 sent[marker] = time.perf_counter()
                 changes = {"prompts": {"system": marker}}
                 await writer.send_message(
-                    json.dumps({"id": i, "op": "agents.update",
-                                "args": {"agent": "echo-agent", "changes": changes}})
+                    json.dumps(
+                        {
+                            "id": i,
+                            "op": "agents.update",
+                            "args": {"agent": "echo-agent", "changes": changes},
+                        }
+                    )
                 )
                 await writer.get_message()
                 await trio.sleep(0.05)  # one write at a time: latency, not throughput
