@@ -338,7 +338,13 @@ class SQLiteBackend:
             "its differences as changes",
             self.path,
         )
-        self._db.close()  # checkpoints into the old file and removes its -wal/-shm first
+        # The old and the new file share the -wal path: move our frames into the old file
+        # and empty the log before anything reads the new file through it.
+        try:
+            self._db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (pw.DatabaseError, sqlite3.Error) as exc:
+            logger.warning("%s: checkpoint of the replaced file failed: %s", self.path, exc)
+        self._db.close()
         self._connect()  # if this fails, the connection stays closed and the next call retries
         self._gone = False
         self.reopens += 1
@@ -619,8 +625,8 @@ class SQLiteBackend:
 
     def poll(self) -> int:
         """Check for other connections' commits; append their events. Returns how many."""
-        self._check_file()
         self.polls += 1
+        self._check_file()
         return self._poll()
 
     def _poll(self, initial: bool = False) -> int:

@@ -1,4 +1,7 @@
-"""The agent store: an async API over peewee, with validation and a change feed.
+"""The agent store's async façade: validation, one call at a time, broadcasts, the poller.
+
+The database work itself is the synchronous half in ``_backend.py`` (no trio); the agent
+document's rules are ``arboretum._schema``.
 
 Concurrency model
 -----------------
@@ -16,12 +19,14 @@ task (a 10,000-row select takes tens of milliseconds), so every database call go
 * Every write transaction starts with **BEGIN IMMEDIATE**, and the connection has a busy
   timeout (default 10 s). Two processes writing at once queue for the write lock instead
   of failing with "database is locked" half-way through a deferred transaction.
-* Each write (validate → check the name is free → write → read back) is one transaction:
-  a validation failure or a crash leaves the file as it was.
+* Input is validated first, outside any transaction (a huge or slow input never holds the
+  write lock); then each write (re-read → check the name is free → write → read back) is
+  one transaction: a failure or a crash leaves the file as it was.
 
 While one call runs in its thread, the trio loop is free; other store calls wait for the
-limiter (cancellably). A call that has *started* in its thread finishes — a write commits
-and broadcasts — and then cancellation takes effect.
+limiter (cancellably). With ``open_store(..., threads=False)`` the calls run inline on the
+trio thread instead, still one at a time. A call that has *started* in its thread
+finishes — a write commits and broadcasts — and then cancellation takes effect.
 
 Change feed
 -----------
@@ -34,7 +39,9 @@ which changes only when *another* connection committed. When it changed, the pol
 that differ, and broadcasts the same events with ``external=True``, deletions included.
 A trigger bumps ``updated_at`` on any update that did not set it, so hand edits are seen.
 The store's own writes update its snapshot inside the write, so they are never reported
-twice. Runs (``record_run``) are broadcast as :class:`RunRecorded` on ``"agent_runs"`` only.
+twice; and each write first reports other connections' commits it is about to write over, so
+none is hidden. Runs (``record_run``) are broadcast as :class:`RunRecorded` on
+``"agent_runs"`` only.
 """
 
 from __future__ import annotations
@@ -238,7 +245,7 @@ class Store:
             return
         self._closed = True
         with trio.CancelScope(shield=True):
-            await self._dispatch(self._backend.close)
+            await self._dispatch(self._backend.call, self._backend.close)
 
     def statistics(self) -> dict[str, Any]:
         """Counters for dashboards and tests.
@@ -686,6 +693,7 @@ class Store:
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         task_status.started()
+        problem: str | None = None
         while not self._closed:
             await trio.sleep(self.poll_interval)
             try:
@@ -695,7 +703,14 @@ class Store:
             except StoreError as exc:
                 # A lock held past the busy timeout, a transient I/O error, a file that was
                 # deleted: the next poll tries again, and nothing is lost (the diff catches up).
-                logger.warning("change feed: %s; retrying in %.2fs", exc, self.poll_interval)
+                # Said once per problem, not once per poll.
+                if str(exc) != problem:
+                    problem = str(exc)
+                    logger.warning("change feed: %s; retrying every %.2fs", exc, self.poll_interval)
+            else:
+                if problem is not None:
+                    logger.warning("change feed: working again")
+                    problem = None
 
     async def integrity_check(self) -> list[str]:
         """Run ``PRAGMA integrity_check``; ``["ok"]`` means the file is sound.
