@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -52,7 +52,7 @@ from .agents import (
     Runtime,
     UnknownResponsibility,
 )
-from .agents._schedule import preview_next_runs
+from .agents._schedule import aware_utc, preview_next_runs
 from .agents._server import STOPPED
 from .llm import LLMClient, open_llm_client
 from .settings import Settings
@@ -142,7 +142,7 @@ class Node:
             status=record.status,
             running=running,
             restarts=self.manager.restarts.get(record.id, 0),
-            last_error=record.last_error,
+            last_error=_error_of(record),
             last_run_at=self.runtime.last_run_at.get(record.id),
             next_runs=self._next_runs(record) if running else {},
         )
@@ -239,24 +239,34 @@ class Node:
         if ref is None:
             raise AgentNotRunning(_not_running_text(record), agent=record.name)
         try:
-            reply = await ref.call(RunRequest(
+            job = await ref.call(RunRequest(
                 responsibility, dict(payload) if payload is not None else None, trigger
             ))
         except ServerExited:
             raise AgentNotRunning(
-                f"agent {record.name!r} stopped before the run could finish", agent=record.name
+                f"agent {record.name!r} stopped before the run could begin", agent=record.name
             ) from None
-        if reply is STOPPED:
+        if isinstance(job, Exception):
+            raise job
+        outcome = await job.wait()
+        if outcome is STOPPED:
             raise AgentNotRunning(
                 f"agent {record.name!r} stopped while this trigger waited in its queue",
                 agent=record.name,
             )
-        if isinstance(reply, Exception):
-            raise reply
-        return reply  # type: ignore[no-any-return]
+        return outcome  # type: ignore[no-any-return]
+
+
+def _error_of(record: AgentRecord) -> str | None:
+    if record.unreadable:
+        fields = "; ".join(f"{k}: {v}" for k, v in sorted(record.unreadable.items()))
+        return f"the stored row cannot be read, so the agent does not run ({fields})"
+    return record.last_error
 
 
 def _not_running_text(record: AgentRecord) -> str:
+    if record.unreadable:
+        return f"agent {record.name!r}: {_error_of(record)}"
     if record.status == "disabled_flapping":
         return (f"agent {record.name!r} is disabled_flapping (it crash-looped: "
                 f"{record.last_error}); set its status to active to run it again")
@@ -311,6 +321,38 @@ async def open_node(
     runs in flight recorded as ``cancelled``), then closes the LLM client and the store.
     """
     config = _settings(database, settings, overrides)
+    try:
+        async with _open_node(config, abilities, llm_client) as node:
+            yield node
+    except BaseExceptionGroup as group:
+        _raise_flat(group)
+
+
+def _raise_flat(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the one exception a group of nurseries wrapped (else the group itself)."""
+    leaves = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(reversed(exc.exceptions))
+        else:
+            leaves.append(exc)
+    if len(leaves) != 1:
+        raise group
+    leaf = leaves[0]
+    context = leaf.__context__
+    try:
+        raise leaf
+    finally:
+        leaf.__context__ = context
+        del leaf, context
+
+
+@asynccontextmanager
+async def _open_node(
+    config: Settings, abilities: Abilities | None, llm_client: LLMClient | None
+) -> AsyncIterator[Node]:
     logging.getLogger("arboretum").setLevel(config.log_level)
     allow_list = abilities if abilities is not None else Abilities(config.allow)
     pubsub = PubSub()
@@ -333,6 +375,9 @@ async def open_node(
             timezone=config.tzinfo,
             counters=RunCounters(trio.current_time),
             record_grace_s=max(1.0, config.shutdown_grace_s),
+        )
+        runtime.last_run_at.update(
+            {agent_id: aware_utc(when) for agent_id, when in (await store.last_run_times()).items()}
         )
         node = Node(config, store, pubsub, registry, allow_list, llm, runtime)
         try:
@@ -369,7 +414,7 @@ async def _llm(client: LLMClient | None) -> AsyncIterator[LLMClient]:
 
 async def _serve_web(node: Node, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
                      ) -> None:
-    from .web import serve_web
+    from .web import serve_web  # type: ignore[import-not-found, unused-ignore]
 
     async with trio.open_nursery() as nursery:
         info = await nursery.start(functools.partial(serve_web, node))

@@ -30,15 +30,6 @@ async def my_own_work(status: dict[str, int]) -> None:
         await trio.sleep(1)
 
 
-async def print_events(node: arboretum.Node) -> None:
-    async with node.pubsub.subscribe(LIFECYCLE_TOPIC) as lifecycle, node.pubsub.subscribe(
-        RUNS_TOPIC
-    ) as runs:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_print_lifecycle, lifecycle)
-            nursery.start_soon(_print_runs, node, runs)
-
-
 async def _print_lifecycle(events: arboretum.Subscription) -> None:
     async for event in events:
         reason = f": {event.reason}" if event.reason else ""
@@ -46,10 +37,9 @@ async def _print_lifecycle(events: arboretum.Subscription) -> None:
 
 
 async def _print_runs(node: arboretum.Node, runs: arboretum.Subscription) -> None:
-    names = {s.id: s.name for s in node.agent_states()}
     async for message in runs:
         run = message.run
-        name = names.get(run.agent_id) or node.agent_state(run.agent_id).name
+        name = node.agent_state(run.agent_id).name
         detail = run.error if run.error else run.result_summary
         print(f"run {name}/{run.responsibility}/{run.ability}: {run.status} ({detail})",
               flush=True)
@@ -59,12 +49,15 @@ async def main(db: str, seconds: float) -> None:
     status = {"ticks": 0}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(my_own_work, status)
-        async with arboretum.open_node(db) as node:
+        async with arboretum.open_node(db) as node, node.pubsub.subscribe(
+            LIFECYCLE_TOPIC
+        ) as lifecycle, node.pubsub.subscribe(RUNS_TOPIC) as runs:
+            nursery.start_soon(_print_lifecycle, lifecycle)
+            nursery.start_soon(_print_runs, node, runs)
             created = await seed_demo_agents(node.store)
+            await node.sync()
             print(f"node on {db}: {len(created)} demo agents created, "
                   f"{len(node.agent_states())} agents in all", flush=True)
-            nursery.start_soon(print_events, node)
-            await node.sync()
             (echo,) = await node.trigger("echo-agent", "echo_test", {"data": "hello"})
             print(f"echo-agent answered {echo.value!r}", flush=True)
             (summary,) = await node.trigger("summarizer", "summarize")

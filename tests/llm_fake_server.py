@@ -3,7 +3,7 @@
 Used by tests/test_llm.py and tests/test_summarize.py (import it after putting tests/ on
 ``sys.path``). Built on ``trio.serve_tcp`` and h11; it can be scripted to answer the next
 requests with an error status (with headers such as ``Retry-After``), malformed JSON, a hang,
-a closed connection or a slowly trickling body.
+a closed connection, a slowly trickling body or an endless chunked one.
 
     async with open_fake_llm_server() as server:
         server.push(error(429, headers={"retry-after": "0.2"}), ok())
@@ -33,7 +33,7 @@ ANTHROPIC_PATH = "/v1/messages"
 class Behavior:
     """How to answer one request."""
 
-    kind: str = "ok"  # ok | error | raw | hang | close | trickle
+    kind: str = "ok"  # ok | error | raw | hang | close | trickle | endless
     status: int = 200
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
@@ -74,6 +74,11 @@ def trickle(interval: float = 0.05) -> Behavior:
     return Behavior("trickle", interval=interval)
 
 
+def endless(chunk: bytes = b"[" * 8192) -> Behavior:
+    """A 200 with a chunked body (no Content-Length) that never ends, until the client hangs up."""
+    return Behavior("endless", body=chunk)
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -87,7 +92,12 @@ class RecordedRequest:
 
     @property
     def api(self) -> str:
-        return "anthropic" if self.path == ANTHROPIC_PATH else "openai"
+        return "anthropic" if self.route == ANTHROPIC_PATH else "openai"
+
+    @property
+    def route(self) -> str:
+        """The path without its query string."""
+        return self.path.partition("?")[0]
 
     def user_text(self) -> str:
         """The content of the last user message."""
@@ -113,6 +123,9 @@ class FakeLLMServer:
         self.answered = 0  # normal answers sent in full
         self.disconnected = 0  # clients that hung up while waiting for an answer
         self.usages: list[tuple[int, int]] = []
+        self.usage_extra: dict[str, Any] = {}  # merged into every answer's "usage"
+        self.finish_reason: str | None = None  # overrides "stop" / "end_turn"
+        self.endless_bytes = 0  # bytes of endless bodies sent
 
     @property
     def base_url(self) -> str:
@@ -190,7 +203,7 @@ class FakeLLMServer:
             return False
         if behavior.delay and not await self._wait_unless_hung_up(stream, behavior.delay):
             return False
-        if request.path not in (OPENAI_PATH, ANTHROPIC_PATH):
+        if request.route not in (OPENAI_PATH, ANTHROPIC_PATH):
             await self._send(conn, stream, 404, b'{"error": "not found"}', {})
             return True
         if behavior.kind == "error":
@@ -200,6 +213,15 @@ class FakeLLMServer:
         if behavior.kind == "raw":
             await self._send(conn, stream, behavior.status, behavior.body, behavior.headers)
             return True
+        if behavior.kind == "endless":
+            await stream.send_all(
+                conn.send(
+                    h11.Response(status_code=200, headers=[("content-type", "application/json")])
+                )
+            )
+            while True:  # until the client hangs up (send_all raises, the handler returns)
+                await stream.send_all(conn.send(h11.Data(data=behavior.body)))
+                self.endless_bytes += len(behavior.body)
         body = self._ok_body(request)
         if behavior.kind == "trickle":
             await self._send_head(conn, stream, 200, len(body), {})
@@ -247,8 +269,12 @@ class FakeLLMServer:
                 "role": "assistant",
                 "model": model,
                 "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
-                "usage": {"input_tokens": usage_in, "output_tokens": usage_out},
+                "stop_reason": self.finish_reason or "end_turn",
+                "usage": {
+                    "input_tokens": usage_in,
+                    "output_tokens": usage_out,
+                    **self.usage_extra,
+                },
             }
         else:
             answer = {
@@ -259,13 +285,14 @@ class FakeLLMServer:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "finish_reason": self.finish_reason or "stop",
                     }
                 ],
                 "usage": {
                     "prompt_tokens": usage_in,
                     "completion_tokens": usage_out,
                     "total_tokens": usage_in + usage_out,
+                    **self.usage_extra,
                 },
             }
         return json.dumps(answer).encode()

@@ -18,6 +18,7 @@ import arboretum
 import arboretum.llm as llm_mod
 from arboretum import telemetry
 from arboretum.llm import (
+    AnthropicProvider,
     BoundLLM,
     Completion,
     HTTPRequest,
@@ -26,6 +27,7 @@ from arboretum.llm import (
     LLMConfigError,
     LLMConnectionError,
     LLMError,
+    LLMInvalidRequest,
     LLMRateLimited,
     LLMRequestRejected,
     LLMServerError,
@@ -39,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_fake_server import (  # noqa: E402
     FakeLLMServer,
     close,
+    endless,
     error,
     hang,
     ok,
@@ -626,6 +629,7 @@ def test_usage_adds_up() -> None:
 def test_exception_tree() -> None:
     for cls in (
         LLMConfigError,
+        LLMInvalidRequest,
         LLMTimeout,
         LLMConnectionError,
         LLMRateLimited,
@@ -669,3 +673,513 @@ async def test_oversized_chunked_answer_is_refused(server: FakeLLMServer) -> Non
     async with open_llm_client(max_response_bytes=1000) as client:
         with pytest.raises(LLMBadResponse, match="larger than 1000 bytes"):
             await client.bind(openai_cfg(server)).complete("x")
+
+
+# -- issue 12: regressions ---------------------------------------------------------------------
+
+# A canary that does not look like a provider key (so the sk-... pattern cannot hide a miss)
+# and whose URL-, JSON- and repr-encodings differ from it.
+CANARY = "arbCANARY+/=0123456789abcdefQ"
+
+
+def canary_forms() -> list[str]:
+    from urllib.parse import quote, quote_plus
+
+    return [CANARY, quote(CANARY, safe=""), quote_plus(CANARY), CANARY.replace("/", "\\/")]
+
+
+def assert_no_canary(text: str) -> None:
+    for form in canary_forms():
+        assert form not in text, form
+    assert "CANARY" not in text
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (CANARY + "\n", "line break"),
+        (CANARY + "\r\n", "line break"),
+        (" " + CANARY, "whitespace"),
+        (CANARY + "\u00e9", "non-ASCII"),
+        (CANARY + "\u00a0x", "non-ASCII"),
+        ("arbCANARY\x00tail", "control character"),
+        ("arbCANARY\ttail", "control character"),
+        ("arbCANARY tail", "space"),
+    ],
+)
+async def test_an_unusable_key_is_refused_by_variable_name_before_sending(
+    server: FakeLLMServer,
+    caplog: pytest.LogCaptureFixture,
+    provider: str,
+    value: str,
+    problem: str,
+) -> None:
+    # Before: h11 refused the header and its message (with the key) became the error text
+    # and WARNING/DEBUG log lines; a non-ASCII key raised a raw UnicodeEncodeError.
+    caplog.set_level(logging.DEBUG)
+    async with open_llm_client(environ={KEY_VAR: value}) as client:
+        agent = client.bind(CONFIGS[provider](server))
+        with telemetry.capture(EVENTS) as seen:
+            with pytest.raises(LLMConfigError, match=KEY_VAR) as info:
+                await agent.complete("hi", retries=2)
+    assert problem in str(info.value)
+    assert not info.value.retryable
+    assert_no_canary(chain_text(info.value))
+    assert_no_canary(caplog.text)
+    assert seen == []
+    assert server.requests == []
+
+
+class SloppyProvider(OpenAIProvider):
+    """A custom provider that bypasses the key check by copying the key into other headers."""
+
+    name = "sloppy"
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+
+    def build_request(self, *args: Any, **kwargs: Any) -> HTTPRequest:
+        req = super().build_request(*args, **kwargs)
+        key = req.headers["authorization"].removeprefix("Bearer ")
+        return HTTPRequest(req.url, {**req.headers, "x-debug": key + self.suffix}, req.json)
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\u00e9"])
+async def test_h11_and_encoding_errors_with_the_key_are_scrubbed_everywhere(
+    server: FakeLLMServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    suffix: str,
+) -> None:
+    # Defence in depth: a key that reaches h11 in a bad header anyway. h11's message quotes
+    # it (and httpcore logs that message at DEBUG); httpx's UnicodeEncodeError repr holds it.
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv(KEY_VAR, CANARY)
+    async with open_llm_client(providers={"sloppy": SloppyProvider(suffix)}) as client:
+        agent = client.bind(openai_cfg(server, provider="sloppy"))
+        with telemetry.capture(EVENTS) as seen:
+            with pytest.raises(LLMInvalidRequest, match="could not be sent") as info:
+                await agent.complete("hi", retries=2)
+    assert not info.value.retryable
+    assert_no_canary(chain_text(info.value))
+    assert_no_canary(caplog.text)
+    assert_no_canary(repr(seen))
+    if suffix == "\n":  # the h11 error really was logged, scrubbed
+        assert "Illegal header value" in caplog.text and "[redacted]" in caplog.text
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_cause_holds_no_key_in_its_request_headers(
+    server: FakeLLMServer,
+    client: llm_mod.LLMClient,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+) -> None:
+    # Before: httpx's repr masks only authorization, so Anthropic's x-api-key was in clear in
+    # the cause's request headers.
+    monkeypatch.setenv(KEY_VAR, CANARY)
+    server.push(close())
+    agent = client.bind(CONFIGS[provider](server))
+    with pytest.raises(LLMConnectionError) as info:
+        await agent.complete("hi")
+    cause = info.value.__cause__
+    assert isinstance(cause, httpx.HTTPError)
+    headers = cause.request.headers
+    header = "x-api-key" if provider == "anthropic" else "authorization"
+    assert headers[header] == "[redacted]"
+    assert_no_canary(repr(list(headers.items())))
+    assert_no_canary(chain_text(info.value))
+    assert CANARY in (server.requests[0].headers.get(header, ""))  # it was really sent
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_canary_key_never_leaks_through_any_error_path(
+    server: FakeLLMServer,
+    client: llm_mod.LLMClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    provider: str,
+) -> None:
+    from urllib.parse import quote, quote_plus
+
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv(KEY_VAR, CANARY)
+    async with open_fake_llm_server() as elsewhere:
+        agent = client.bind(CONFIGS[provider](server, timeout_s=0.5))
+        server.push(
+            error(401, f"Incorrect API key provided: {CANARY}"),
+            error(400, f"bad key {quote(CANARY, safe='')}"),
+            error(503, f"overloaded for {quote_plus(CANARY)}", {"retry-after": "0"}),
+            raw(
+                500,
+                f'{{"error": {{"message": "k={CANARY.replace("/", chr(92) + "/")}"}}}}'.encode(),
+            ),
+            raw(200, f'{{"oops": "{CANARY}"'.encode()),
+            raw(418, CANARY.encode()),
+            raw(307, b"", {"location": f"{elsewhere.base_url}/v1/messages?key={CANARY}"}),
+            raw(200, b"[" * 5000 + CANARY.encode()),
+            hang(),
+            close(),
+        )
+        errors: list[LLMError] = []
+        with telemetry.capture(EVENTS) as seen:
+            for _ in range(10):
+                with pytest.raises(LLMError) as info:
+                    await agent.complete("hi")
+                errors.append(info.value)
+    assert [type(e) for e in errors] == [
+        LLMAuthenticationError,
+        LLMRequestRejected,
+        LLMServerError,
+        LLMServerError,
+        LLMBadResponse,
+        LLMRequestRejected,
+        LLMBadResponse,
+        LLMBadResponse,
+        LLMTimeout,
+        LLMConnectionError,
+    ]
+    assert elsewhere.requests == []
+    for exc in errors:
+        assert_no_canary(chain_text(exc))
+    assert_no_canary(caplog.text)
+    assert_no_canary(repr(seen))
+    assert "[redacted]" in str(errors[0]) and "[redacted]" in str(errors[1])
+
+
+# -- redirects ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_redirects_are_never_followed_even_by_a_callers_client(
+    server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch, provider: str, status: int
+) -> None:
+    # Before: with httpx.AsyncClient(follow_redirects=True) a 307 was followed to another
+    # host, and the key sent there.
+    monkeypatch.setenv(KEY_VAR, CANARY)
+    async with open_fake_llm_server() as elsewhere:
+        path = "/v1/messages" if provider == "anthropic" else "/v1/chat/completions"
+        target = elsewhere.base_url + path
+        server.push(raw(status, b"", {"location": target}))
+        async with httpx.AsyncClient(follow_redirects=True) as http:
+            async with open_llm_client(http_client=http) as client:
+                agent = client.bind(CONFIGS[provider](server))
+                with pytest.raises(LLMBadResponse, match="redirects are never followed") as info:
+                    await agent.complete("hi", retries=2)
+        assert elsewhere.requests == []
+    assert len(server.requests) == 1
+    assert (info.value.status_code, info.value.retryable) == (status, False)
+    assert f"127.0.0.1:{elsewhere.port}" in str(info.value)
+    assert_no_canary(chain_text(info.value))
+
+
+# -- Retry-After on every retryable status, 408 and 409 ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (429, LLMRateLimited),
+        (500, LLMServerError),
+        (503, LLMServerError),
+        (529, LLMServerError),
+        (408, LLMRequestRejected),
+        (409, LLMRequestRejected),
+    ],
+)
+async def test_retry_after_is_carried_and_honoured_on_every_retryable_status(
+    server: FakeLLMServer, client: llm_mod.LLMClient, status: int, cls: type[LLMError]
+) -> None:
+    # Before: only 429 read Retry-After; LLMServerError had no retry_after; 408/409 were not
+    # retryable.
+    agent = client.bind(anthropic_cfg(server))
+    server.push(error(status, "busy", {"retry-after": "3"}))
+    with pytest.raises(cls) as info:
+        await agent.complete("hi")
+    exc = info.value
+    assert (exc.status_code, exc.retryable, exc.retry_after) == (status, True, 3.0)
+    assert "retry after 3 s" in str(exc)
+    server.push(error(status, "busy", {"retry-after-ms": "250"}), ok())
+    start = time.monotonic()
+    assert (await agent.complete("again", retries=1)).text == "echo: again"
+    assert 0.25 <= time.monotonic() - start < 1.5
+    assert len(server.requests) == 3
+
+
+async def test_a_5xx_asking_for_too_long_is_raised_at_once(server: FakeLLMServer) -> None:
+    server.push(error(503, headers={"retry-after": "10"}))
+    async with open_llm_client(max_retry_wait=1.0) as client:
+        start = time.monotonic()
+        with pytest.raises(LLMServerError) as info:
+            await client.bind(openai_cfg(server)).complete("hi", retries=3)
+        assert time.monotonic() - start < 1.0
+    assert info.value.retry_after == 10.0
+    assert len(server.requests) == 1
+
+
+async def test_x_should_retry_overrides_the_status(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    agent = client.bind(openai_cfg(server))
+    server.push(error(500, headers={"x-should-retry": "false"}))
+    with pytest.raises(LLMServerError) as info:
+        await agent.complete("hi", retries=3)
+    assert not info.value.retryable and len(server.requests) == 1
+    server.push(error(400, headers={"x-should-retry": "true"}), ok())
+    assert (await agent.complete("hi", retries=1)).text == "echo: hi"
+    assert len(server.requests) == 3
+
+
+def test_retryable_defaults_per_class_and_retry_after_on_every_error() -> None:
+    assert LLMRequestRejected("x", status_code=404).retryable is False
+    assert LLMRequestRejected("x", status_code=408, retryable=True).retryable is True
+    assert LLMServerError("x", retry_after=2.0).retry_after == 2.0
+    assert LLMServerError("x").retry_after is None
+    assert LLMAuthenticationError("x").retry_after is None  # every LLMError has it
+    assert LLMRateLimited("x", retry_after=1.5).retry_after == 1.5
+
+
+# -- bodies that must stop -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [200, 500])
+async def test_deeply_nested_json_is_a_bad_response_not_a_recursion_error(
+    server: FakeLLMServer, client: llm_mod.LLMClient, status: int
+) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    server.push(raw(status, deep))
+    agent = client.bind(openai_cfg(server))
+    expected = LLMBadResponse if status == 200 else LLMServerError
+    with pytest.raises(expected) as info:
+        await agent.complete("hi")
+    assert info.value.status_code == status
+    if status == 200:
+        assert "nested too deeply" in str(info.value)
+    assert (await agent.complete("again")).text == "echo: again"
+
+
+async def test_an_endless_chunked_body_stops_at_the_size_limit(server: FakeLLMServer) -> None:
+    # Before: drained until timeout_s, then reported as a retryable LLMTimeout.
+    server.push(endless())
+    async with open_llm_client(max_response_bytes=200_000) as client:
+        agent = client.bind(openai_cfg(server, timeout_s=10))
+        start = time.monotonic()
+        with pytest.raises(LLMBadResponse, match="larger than 200000 bytes") as info:
+            await agent.complete("hi", retries=2)
+        assert time.monotonic() - start < 2.0
+        assert not info.value.retryable
+        assert len(server.requests) == 1
+        assert (await agent.complete("again")).text == "echo: again"  # still usable
+    assert 200_000 < server.endless_bytes < 20 * 200_000
+
+
+# -- every failure is an LLMError ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:abc/v1",
+        "http://xn--/v1",
+        "http://[::1",
+        "http://[::1/v1",
+        "http://a..b/v1",
+        "http://" + "a" * 300 + ".com/v1",
+        "http://127.0.0.1:99999/v1",
+    ],
+)
+async def test_unusable_endpoint_urls_are_config_errors_at_bind(
+    client: llm_mod.LLMClient, url: str
+) -> None:
+    # Before: httpx.InvalidURL, idna.IDNAError, UnicodeError or a bare ValueError.
+    with pytest.raises(LLMConfigError, match="endpoint_url|IPv6") as info:
+        client.bind({"provider": "openai", "model": "m", "endpoint_url": url})
+    assert isinstance(info.value, LLMError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"http://{CANARY.replace('/', '').replace('+', '')}@127.0.0.1/v1",
+        f"http://user:{CANARY.replace('/', '').replace('+', '')}@127.0.0.1/v1",
+        "http://127.0.0.1/v1#frag",
+    ],
+)
+async def test_credentials_in_the_endpoint_url_are_refused_without_repeating_them(
+    client: llm_mod.LLMClient, url: str
+) -> None:
+    with pytest.raises(LLMConfigError, match="endpoint_url") as info:
+        client.bind({"provider": "openai", "model": "m", "endpoint_url": url})
+    assert_no_canary(chain_text(info.value))
+    assert "frag" not in str(info.value) or "fragment" in str(info.value)
+
+
+async def test_a_query_in_the_endpoint_is_sent_but_never_shown(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    # Azure-style "?api-version=..."; the query may carry a signature, so it is kept out of
+    # the repr, telemetry and error text, and appended to the request URL.
+    agent = client.bind(
+        openai_cfg(server, endpoint_url=server.openai_url + "?api-version=Q9Z7&region=eu")
+    )
+    assert agent.endpoint_url == server.openai_url
+    with telemetry.capture(EVENTS) as seen:
+        await agent.complete("hi")
+        server.push(close())
+        with pytest.raises(LLMConnectionError) as info:
+            await agent.complete("hi")
+    assert server.requests[0].path == "/v1/chat/completions?api-version=Q9Z7&region=eu"
+    assert "Q9Z7" not in repr(agent) + repr(seen) + str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        ({"prompt": "bad \udcff text"}, r"the prompt is not valid Unicode.*U\+DCFF at position 4"),
+        ({"prompt": [{"role": "user", "content": "x\ud800"}]}, r"messages\[0\]\['content'\]"),
+        ({"prompt": "ok", "system": "\udfff"}, "system is not valid Unicode"),
+        ({"prompt": "ok", "stop": ["\ud800"]}, r"stop\[0\]"),
+        ({"prompt": "ok", "user": "\ud800"}, "cannot be encoded as JSON"),
+        ({"prompt": "ok", "metadata": object()}, "cannot be encoded as JSON"),
+        ({"prompt": "ok", "top_p": float("nan")}, "cannot be encoded as JSON"),
+        ({"prompt": "ok", "stream": True}, "stream=True is not supported"),
+        ({"prompt": "ok", "model": "other"}, "model cannot be passed"),
+        ({"prompt": "ok", "messages": []}, "messages cannot be passed"),
+        ({"prompt": 42}, "prompt must be a string or a list"),
+        ({"prompt": ["not a mapping"]}, r"messages\[0\] must be a mapping"),
+        ({"prompt": [{"role": "user", "content": 3}]}, "must be a string"),
+        ({"prompt": "ok", "retries": -1}, "retries"),
+        ({"prompt": "ok", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "ok", "temperature": 2.5}, "temperature must be a number from 0 to 2"),
+    ],
+)
+async def test_bad_call_arguments_are_llm_errors_and_nothing_is_sent(
+    server: FakeLLMServer, client: llm_mod.LLMClient, call: dict[str, Any], match: str
+) -> None:
+    # Before: UnicodeEncodeError from httpx for a lone surrogate, TypeError / ValueError for
+    # bad messages, and stream=True was sent and failed as "not JSON".
+    agent = client.bind(openai_cfg(server))
+    prompt = call.pop("prompt")
+    with pytest.raises(LLMInvalidRequest, match=match) as info:
+        await agent.complete(prompt, **call)
+    assert isinstance(info.value, LLMError) and isinstance(info.value, ValueError)
+    assert not info.value.retryable
+    assert server.requests == []
+
+
+async def test_a_single_stop_string_is_one_stop_sequence(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    await client.bind(openai_cfg(server)).complete("hi", stop="END")
+    assert server.requests[0].json["stop"] == ["END"]
+
+
+async def test_a_provider_that_raises_anything_gives_an_llm_error(
+    server: FakeLLMServer,
+) -> None:
+    class Broken(OpenAIProvider):
+        name = "broken"
+
+        def build_request(self, *args: Any, **kwargs: Any) -> HTTPRequest:
+            raise KeyError("oops")
+
+    class BadParse(OpenAIProvider):
+        name = "badparse"
+
+        def parse_response(self, config: Any, data: Any) -> Completion:
+            raise IndexError("no such choice")
+
+    async with open_llm_client(providers={"broken": Broken(), "badparse": BadParse()}) as c:
+        with pytest.raises(LLMError, match="could not build the request: KeyError"):
+            await c.bind(openai_cfg(server, provider="broken")).complete("hi")
+        with pytest.raises(LLMBadResponse, match="could not be read: IndexError"):
+            await c.bind(openai_cfg(server, provider="badparse")).complete("hi")
+
+
+# -- Anthropic wire format -------------------------------------------------------------------
+
+
+async def test_anthropic_version_is_configurable(server: FakeLLMServer) -> None:
+    custom = AnthropicProvider(version="2099-01-01", default_max_tokens=4096)
+    async with open_llm_client(providers={"anthropic": custom}) as client:
+        await client.bind(anthropic_cfg(server)).complete("hi")
+    assert server.requests[0].headers["anthropic-version"] == "2099-01-01"
+    assert server.requests[0].json["max_tokens"] == 4096
+    assert llm_mod.ANTHROPIC_VERSION == "2023-06-01"
+    with pytest.raises(ValueError, match="header-safe"):
+        AnthropicProvider(version="2023-06-01\n")
+
+
+async def test_anthropic_reports_prompt_cache_tokens(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    server.usage_extra = {"cache_creation_input_tokens": 100, "cache_read_input_tokens": 40}
+    completion = await client.bind(anthropic_cfg(server)).complete("hi")
+    usage_in, usage_out = server.usages[0]
+    assert completion.usage == Usage(usage_in + 140, usage_out, 100, 40)
+    assert completion.usage.total_tokens == usage_in + 140 + usage_out
+
+
+async def test_openai_reports_cached_prompt_tokens(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    server.usage_extra = {"prompt_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 1}}
+    with telemetry.capture(EVENTS) as seen:
+        completion = await client.bind(openai_cfg(server)).complete("hi")
+    usage_in, usage_out = server.usages[0]
+    assert completion.usage == Usage(usage_in, usage_out, 1, 3)
+    assert seen[-1].measurements["cache_read_input_tokens"] == 3
+    assert seen[-1].measurements["cache_creation_input_tokens"] == 1
+
+
+def test_usage_with_cache_tokens_adds_up() -> None:
+    assert Usage(10, 2, 3, 4) + Usage(1, 1, 1, 1) == Usage(11, 3, 4, 5)
+    assert sum([Usage(1, 1, 1, 0), Usage(2, 2, 0, 2)]) == Usage(3, 3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        [{"role": "system", "content": "be brief"}],
+        [{"role": "assistant", "content": "Hi"}],
+        [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}],
+    ],
+)
+async def test_anthropic_refuses_a_conversation_without_a_user_turn(
+    server: FakeLLMServer, client: llm_mod.LLMClient, prompt: list[dict[str, str]]
+) -> None:
+    with pytest.raises(LLMInvalidRequest, match="no user message") as info:
+        await client.bind(anthropic_cfg(server)).complete(prompt)
+    assert info.value.provider == "anthropic"
+    assert server.requests == []
+
+
+async def test_anthropic_temperature_is_0_to_1(
+    server: FakeLLMServer, client: llm_mod.LLMClient
+) -> None:
+    with pytest.raises(LLMConfigError, match="temperature must be from 0 to 1"):
+        client.bind(anthropic_cfg(server, temperature=1.5))
+    agent = client.bind(anthropic_cfg(server, temperature=1.0))
+    with pytest.raises(LLMInvalidRequest, match="from 0 to 1"):
+        await agent.complete("hi", temperature=1.2)
+    await agent.complete("hi")
+    body = server.requests[0].json
+    assert body["temperature"] == 1.0
+    assert "top_p" not in body and "top_k" not in body  # nothing sent unless set
+    assert client.bind(openai_cfg(server, temperature=1.5)).config.temperature == 1.5
+
+
+@pytest.mark.parametrize(
+    ("provider", "reason"), [("openai", "length"), ("anthropic", "max_tokens")]
+)
+async def test_truncated_answers_are_flagged(
+    server: FakeLLMServer, client: llm_mod.LLMClient, provider: str, reason: str
+) -> None:
+    agent = client.bind(CONFIGS[provider](server))
+    assert not (await agent.complete("hi")).truncated
+    server.finish_reason = reason
+    completion = await agent.complete("hi")
+    assert completion.finish_reason == reason and completion.truncated

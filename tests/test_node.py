@@ -155,3 +155,31 @@ async def test_writes_from_another_process_are_reconciled(tmp_path: Path) -> Non
         (result,) = await node.trigger("ext1", "run", {"x": 1})
         assert result.value == {"x": 1}
         assert ext1.prompts == {"system": "changed"}
+
+
+async def test_an_unreadable_row_is_shown_and_not_run(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = tmp_path / "hand.db"
+    async with arboretum.open_node(db) as node:
+        await node.store.create_agent(agent("fine"))
+        victim = await node.store.create_agent(agent("victim"))
+        await node.sync()
+        assert node.agent_state("victim").running
+        conn = sqlite3.connect(db)
+        with conn:  # a hand edit with bytes that are not UTF-8
+            conn.execute("UPDATE agents SET prompts = CAST(X'7B2278223A22FF227D' AS TEXT) "
+                         "WHERE id = ?", (victim.id,))
+        conn.close()
+        with trio.fail_after(10):
+            await node.sync()
+        state = node.agent_state(victim.id)
+        assert not state.running
+        assert "cannot be read" in (state.last_error or "") and "prompts" in state.last_error
+        assert node.agent_state("fine").running
+        with pytest.raises(arboretum.agents.AgentNotRunning, match="cannot be read"):
+            await node.trigger(victim.id, "run")
+        # repairing the field through the store brings it back
+        await node.store.update_agent(victim.id, {"prompts": {"system": "ok"}})
+        await node.sync()
+        assert node.agent_state(victim.id).running

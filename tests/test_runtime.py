@@ -104,6 +104,28 @@ async def test_lifecycle_follows_the_store(db: Path, autojump_clock: Any) -> Non
         assert stats["running"] == 0 and stats["restarts"] == 0
 
 
+async def test_stopped_agents_leave_no_task_registration_or_subscription(
+    db: Path, autojump_clock: Any
+) -> None:
+    async with virtual_node(db) as node:
+        baseline_subs = node.pubsub.subscriber_count("agents:changed")
+        for i in range(5):
+            await node.store.create_agent(agent(f"a{i}", resp={"schedule": "* * * * *"}))
+        await node.sync()
+        await node.trigger("a0", "run")
+        await trio.sleep(130)  # two ticks each
+        assert len(node.runtime.nursery.child_tasks) == 5  # one companion per scheduled agent
+        for i in range(5):
+            await node.store.change_agent_status(f"a{i}", "inactive")
+        await node.sync()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(node.runtime.nursery.child_tasks) == 0
+        assert node.registry.count() == 0
+        assert node.manager.supervisor.which_children() == []
+        assert node.pubsub.subscriber_count("agents:changed") == baseline_subs
+        assert node.statistics()["runs"] == 11
+
+
 async def test_existing_active_agents_run_when_the_node_opens(db: Path, autojump_clock: Any
                                                                ) -> None:
     async with virtual_node(db) as node:
@@ -151,6 +173,10 @@ async def test_trigger_echo_records_a_run(db: Path, autojump_clock: Any) -> None
         assert node.agent_state("echo-agent").last_run_at is not None
         assert node.statistics()["runs"] == 1
         assert result.to_dict()["value"] == {"a": 1, "b": 3}
+        last_run_at = node.agent_state("echo-agent").last_run_at
+    async with virtual_node(db) as node:  # a new node reads the last run time from the store
+        assert node.agent_state("echo-agent").last_run_at == last_run_at
+        assert node.statistics()["runs"] == 0
 
 
 async def test_trigger_refusals(db: Path, autojump_clock: Any) -> None:
@@ -209,15 +235,16 @@ async def test_abilities_of_a_run_chain_and_a_failure_skips_the_rest(db: Path, a
         assert [(r.ability, r.status, r.attempts) for r in results] == [
             ("one", "ok", 1), ("two", "error", 2), ("three", "skipped", 0),
         ]
-        assert results[1].error == "ValueError: failure 3"
+        assert results[1].error == "ValueError: failure 2"  # its second call
         assert second.calls[0][1] == {"x": 1}
         assert len(third.calls) == 0
         runs = await node.store.list_runs("chain")
         assert sorted((r.ability, r.status) for r in runs) == [
             ("one", "ok"), ("three", "skipped"), ("two", "error"),
         ]
+        await node.sync()  # the state follows the store's events
         state = node.agent_state("chain")
-        assert state.last_error == "run: ValueError: failure 3"
+        assert state.last_error == "run: ValueError: failure 2"
         assert node.statistics()["failures"] == 1
         # a success does not clear last_error
         second.fail_times = 0
@@ -225,7 +252,7 @@ async def test_abilities_of_a_run_chain_and_a_failure_skips_the_rest(db: Path, a
         assert [r.status for r in ok] == ["ok", "ok", "ok"]
         assert ok[1].value["previous"] == ok[0].value  # ctx.previous chains
         await node.sync()
-        assert node.agent_state("chain").last_error == "run: ValueError: failure 3"
+        assert node.agent_state("chain").last_error == "run: ValueError: failure 2"
 
 
 # -- retries -------------------------------------------------------------------------------------
@@ -364,20 +391,23 @@ async def test_stop_mid_run_answers_the_caller_and_refuses_the_queue(db: Path, a
 async def test_leaving_the_node_records_runs_in_flight_as_cancelled(db: Path, autojump_clock: Any
                                                                      ) -> None:
     results: list[Any] = []
-    async with virtual_node(db, shutdown_grace_s=2) as node:
-        rec = with_recorder(node)
-        rec.sleep = 1000
-        for i in range(5):
-            await node.store.create_agent(agent(f"a{i}", "rec"))
-        await node.sync()
 
-        async def go(i: int) -> None:
-            results.append(await node.trigger(f"a{i}", "run"))
+    async def go(node: arboretum.Node, i: int) -> None:
+        results.append(await node.trigger(f"a{i}", "run"))
 
-        for i in range(5):
-            node.runtime.nursery.start_soon(go, i)
-        await trio.testing.wait_all_tasks_blocked()
-        assert rec.running == 5
+    async with trio.open_nursery() as callers:
+        async with virtual_node(db, shutdown_grace_s=2) as node:
+            rec = with_recorder(node)
+            rec.sleep = 1000
+            for i in range(5):
+                await node.store.create_agent(agent(f"a{i}", "rec"))
+            await node.sync()
+            for i in range(5):
+                callers.start_soon(go, node, i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert rec.running == 5
+            t0 = trio.current_time()
+        assert trio.current_time() - t0 < 2  # within the grace
     assert sorted(r[0].status for r in results) == ["cancelled"] * 5
     async with virtual_node(db) as node:
         for i in range(5):

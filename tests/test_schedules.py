@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from agent_helpers import BASE, WallClock, agent, virtual_node  # noqa: E402
 
 
-def scheduled(name: str, cron: str, *abilities: str, **resp: Any) -> dict[str, Any]:
-    return agent(name, *abilities, resp={"schedule": cron, **resp})
+def scheduled(name: str, cron: str, *abilities: str, status: str = "active", **resp: Any
+              ) -> dict[str, Any]:
+    return agent(name, *abilities, status=status, resp={"schedule": cron, **resp})
 
 
 async def rows(node: Any, name: str) -> list[Any]:
@@ -76,9 +77,11 @@ async def test_a_tick_during_a_run_is_one_skipped_row(tmp_path: Path, autojump_c
             return "done"
 
         node.abilities.register("slow", slow)
-        await node.store.create_agent(scheduled("s", "* * * * *", "slow"))
+        attrs = scheduled("s", "* * * * *", "slow")
+        attrs["retry_policy"] = {"attempt_timeout_ms": None}
+        await node.store.create_agent(attrs)
         await node.sync()
-        await trio.sleep(6 * 60 + 1)
+        await trio.sleep(6 * 60 + 40)  # the 00:05 run ends at 00:06:30
         runs = await rows(node, "s")
     by_minute = {utc(r).minute: r.status for r in runs}
     assert by_minute == {1: "ok", 2: "skipped", 3: "ok", 4: "skipped", 5: "ok", 6: "skipped"}

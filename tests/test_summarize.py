@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -257,3 +258,59 @@ async def test_custom_template_is_used_for_both_steps_unless_told_otherwise() ->
     await summarize(fake, document(40), template="T1 {text}", combine_template="T2 {text}")
     assert fake.prompts[-1].startswith("T2 ")
     assert all(p.startswith("T1 ") for p in fake.prompts[:-1])
+
+
+# -- issue 12: empty and truncated answers ---------------------------------------------------
+
+
+@pytest.mark.parametrize("pages", [1, 30])
+async def test_empty_answers_are_an_error_not_an_empty_summary(
+    server: FakeLLMServer, agent: Any, pages: int
+) -> None:
+    # Before: Summary(text="") came back as a success when every chunk answer was empty.
+    server.reply = lambda req: "  \n"
+    with pytest.raises(LLMBadResponse, match="empty answer for") as info:
+        await summarize(agent, document(pages), max_concurrency=1)
+    assert "finish_reason='stop'" in str(info.value)
+    if pages == 1:
+        assert "the final summary" in str(info.value)
+        assert len(server.requests) == 1
+    else:
+        assert re.search(r"chunk \d+ of \d+ \(round 1\)", str(info.value))
+        assert len(server.requests) == 1  # the first failure stops the rest
+
+
+async def test_one_empty_chunk_answer_is_an_error_naming_the_chunk(
+    server: FakeLLMServer, agent: Any
+) -> None:
+    def reply(req: Any) -> str:
+        return "" if "Page 12." in req.user_text() else short_reply(req)
+
+    server.reply = reply
+    with pytest.raises(LLMBadResponse, match=r"empty answer for chunk \d+ of \d+ \(round 1\)"):
+        await summarize(agent, document(30), max_concurrency=1)
+
+
+async def test_truncated_answers_are_counted_in_the_summary(
+    server: FakeLLMServer, agent: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: answers cut off at max_tokens (finish_reason "length") passed silently.
+    server.reply = short_reply
+    full = await summarize(agent, document(30))
+    assert full.truncated == 0
+    server.finish_reason = "length"
+    cut = await summarize(agent, document(30))
+    assert cut.truncated == cut.calls == full.calls > 1
+    assert cut.text == full.text  # still a summary, flagged
+    warnings = [r for r in caplog.records if "was cut off" in r.getMessage()]
+    assert len(warnings) == cut.calls
+
+
+async def test_anthropic_max_tokens_stop_counts_as_truncated(server: FakeLLMServer) -> None:
+    server.finish_reason = "max_tokens"
+    async with open_llm_client() as client:
+        agent = client.bind(
+            {"provider": "anthropic", "model": "m", "endpoint_url": server.anthropic_url}
+        )
+        summary = await summarize(agent, "A short text.")
+    assert (summary.calls, summary.truncated) == (1, 1)

@@ -17,7 +17,7 @@ from ._results import AgentLifecycle as AgentLifecycle
 from ._results import AgentState as AgentState
 from ._results import RunResult as RunResult
 from ._results import RunStatus as RunStatus
-from ._retry import RetryPolicy as RetryPolicy
+from ._retry import RetryPolicy as RetryPolicy  # the shared schema's, re-exported
 from ._runtime import RunCounters as RunCounters
 from ._runtime import Runtime as Runtime
 from ._server import AgentServer as AgentServer

@@ -79,7 +79,6 @@ class AgentManager:
         self._ids_by_name: dict[str, int] = {}
         self._children: dict[int, Any] = {}        # agent id -> ChildRef
         self._running: dict[int, AgentRecord] = {}  # agent id -> the record it was started with
-        self._agent_of: dict[Any, int] = {}        # ChildRef -> agent id
         self.restarts: dict[int, int] = {}
         self.reconciliations = 0
         self._wait_scope: trio.CancelScope | None = None
@@ -202,7 +201,7 @@ class AgentManager:
         if child is not None and child.state in ("stopped", "gave_up"):
             self._drop(agent_id)
             child = None
-        want = record is not None and record.status == "active"
+        want = record is not None and record.active  # never an undecodable row
         if not want:
             if child is not None:
                 await self._stop(agent_id, child)
@@ -235,31 +234,32 @@ class AgentManager:
             return
         self._children[record.id] = child
         self._running[record.id] = record
-        self._agent_of[child] = record.id
 
     async def _stop(self, agent_id: int, child: Any) -> None:
+        started_as = self._running.get(agent_id) or self.records.get(agent_id)
+        name = started_as.name if started_as is not None else str(agent_id)
         self._drop(agent_id)
         try:
             await self.supervisor.terminate_child(child)
         except Exception as exc:  # ChildNotFound: it gave up or stopped meanwhile
-            logger.debug("agent %s was already stopped: %s", agent_id, describe_error(exc))
+            logger.debug("agent %s was already stopped: %s", name, describe_error(exc))
             return
-        record = self.records.get(agent_id)
-        self._lifecycle("stopped", agent_id, record.name if record else str(agent_id))
+        self._lifecycle("stopped", agent_id, name)
 
     def _drop(self, agent_id: int) -> None:
-        child = self._children.pop(agent_id, None)
+        self._children.pop(agent_id, None)
         self._running.pop(agent_id, None)
-        if child is not None:
-            self._agent_of.pop(child, None)
 
     # -- watching the supervisor ----------------------------------------------------------------
 
     async def _watch_children(self, events: Any) -> None:
         async for event in events:
-            agent_id = self._agent_of.get(event.child_id)
-            if agent_id is None:
+            # The event may arrive before start_child returned to _start: read the agent
+            # from the child's spec (its first argument is the AgentRecord).
+            args = getattr(getattr(event.child_id, "spec", None), "args", ())
+            if not args or not isinstance(args[0], AgentRecord):
                 continue
+            agent_id = args[0].id
             record = self.records.get(agent_id)
             name = record.name if record is not None else str(agent_id)
             match event.kind:

@@ -1,6 +1,7 @@
 """Retrying one ability by the agent's retry policy.
 
-The policy is the agent's ``retry_policy`` (validated by the store): up to ``max_attempts``
+The policy is the agent's ``retry_policy`` (validated by the store, and read with the shared
+schema's :class:`~arboretum.store.RetryPolicy`): up to ``max_attempts``
 attempts; the delay before attempt k+1 is ``min(initial_delay_ms * multiplier**(k-1),
 max_delay_ms)``, with ``jitter`` a uniform random fraction of it ("full jitter"); each attempt
 is cancelled after ``attempt_timeout_ms``; an exception whose ``retryable`` is ``False`` is
@@ -19,46 +20,11 @@ from typing import Any, Literal
 import trio
 
 from .. import telemetry
+from .._schema import RetryPolicy
 
 __all__ = ["Attempts", "RetryPolicy", "describe_error", "run_with_retries"]
 
 ABILITY_EVENT = ("arboretum", "ability")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """An agent's ``retry_policy`` (see docs/agents.md for the fields and their defaults)."""
-
-    max_attempts: int = 3
-    initial_delay_ms: float = 500
-    max_delay_ms: float = 30_000
-    multiplier: float = 2.0
-    jitter: bool = True
-    attempt_timeout_ms: float | None = 60_000
-
-    @classmethod
-    def from_mapping(cls, policy: Mapping[str, Any]) -> RetryPolicy:
-        """Build from a stored (already validated) ``retry_policy``; missing keys default."""
-        known = {k: policy[k] for k in cls.__slots__ if k in policy}
-        return cls(**known)
-
-    def delay_s(self, failed_attempt: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after attempt ``failed_attempt`` (1-based) failed, before the next."""
-        try:
-            base = self.initial_delay_ms * self.multiplier ** (failed_attempt - 1)
-        except OverflowError:
-            base = math.inf
-        base = min(base, self.max_delay_ms) / 1000.0
-        if self.jitter:
-            return (rng or random).uniform(0.0, base)
-        return base
-
-    @property
-    def attempt_timeout_s(self) -> float:
-        """The per-attempt deadline in seconds (``inf`` when there is none)."""
-        if self.attempt_timeout_ms is None:
-            return math.inf
-        return self.attempt_timeout_ms / 1000.0
 
 
 def describe_error(exc: BaseException) -> str:
@@ -115,6 +81,9 @@ async def run_with_retries(
     Cancellation: propagates; ``progress.attempts`` counts the attempt that was cut short.
     """
     timeout = policy.attempt_timeout_s
+    if timeout is None:
+        timeout = math.inf
+    uniform = (rng or random).random
     attempt = 0
     while True:
         attempt += 1
@@ -141,7 +110,7 @@ async def run_with_retries(
         progress.error = describe_error(error)
         if attempt >= policy.max_attempts or getattr(error, "retryable", True) is False:
             return progress
-        delay = policy.delay_s(attempt, rng)
+        delay = policy.delay_s(attempt, random=uniform)
         retry_after = getattr(error, "retry_after", None)
         if isinstance(retry_after, int | float) and not isinstance(retry_after, bool):
             if math.isfinite(retry_after):

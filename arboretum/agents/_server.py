@@ -7,9 +7,9 @@ nursery and is cancelled when the server stops; cron schedules are slept for in 
 companion. Life of a run::
 
     trigger ──► queue ──► companion: abilities in order, each with retries ──► agent_runs rows,
-                                      last_error on final failure        ──► reply to caller
+                                      last_error on final failure        ──► the job's results
     stop    ──► queued triggers answered "not running"; the run in progress cancelled, its
-                rows recorded (cancelled / skipped), its caller answered; companion cancelled
+                rows recorded (cancelled / skipped), its job resolved; companion cancelled
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from .. import NOREPLY, Caller, Server
+from .. import Caller, Server
 from ..abilities import AbilityContext, AbilityLogger
 from ._exceptions import AgentNotRunning, UnknownResponsibility
 from ._results import RunResult
@@ -46,8 +46,13 @@ _SUMMARY_CHARS: Final = 200
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
-    """``ref.call(RunRequest(...))`` runs a responsibility; the reply is ``list[RunResult]``
-    (or an :class:`~arboretum.agents.AgentError` instance, which the caller raises)."""
+    """``ref.call(RunRequest(...))`` queues a run of a responsibility. The reply is a job
+    handle at once (``await handle.wait()`` gives the ``list[RunResult]``, or
+    :data:`STOPPED` if the agent stopped before the run began), or an
+    :class:`~arboretum.agents.AgentError` instance, which the caller raises.
+
+    The handle does not depend on the server staying alive: a run cut short by a stop still
+    records its rows and resolves the handle with its (cancelled) results."""
 
     responsibility: str
     payload: dict[str, Any] | None = None
@@ -59,10 +64,20 @@ class _Job:
     key: str
     payload: dict[str, Any] | None
     trigger: str
-    caller: Caller | None
     scheduled_for: datetime | None = None
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
+    outcome: Any = None
+
+    def resolve(self, outcome: Any) -> None:
+        if not self.done.is_set():
+            self.outcome = outcome
+            self.done.set()
+
+    async def wait(self) -> Any:
+        """The run's ``list[RunResult]``, or :data:`STOPPED` if it never ran."""
+        await self.done.wait()
+        return self.outcome
 
 
 class _Stopped:
@@ -118,6 +133,7 @@ class AgentServer(Server):
         self._current: _Job | None = None
         self._lot = trio.lowlevel.ParkingLot()
         self._companion: trio.CancelScope | None = None
+        self._unrun: list[_Job] = []
         self._stopping = False
         if self.schedules:
             self._start_companion()
@@ -135,15 +151,10 @@ class AgentServer(Server):
                     return AgentNotRunning(
                         f"agent {self.record.name!r} is stopping", agent=self.record.name
                     )
-                self._enqueue(_Job(key, payload, trigger, caller))
-                return NOREPLY
-            case "next_runs":
-                return {s.key: s.next_tick for s in self.schedules if s.next_tick is not None}
-            case "queue":
-                return [job.key for job in self._queue], (
-                    self._current.key if self._current else None
-                )
-        raise ValueError(f"unknown request {request!r}")
+                job = _Job(key, payload, trigger)
+                self._enqueue(job)
+                return job
+        raise ValueError(f"an AgentServer takes RunRequest calls, not {request!r}")
 
     def _enqueue(self, job: _Job) -> None:
         self._start_companion()
@@ -162,25 +173,20 @@ class AgentServer(Server):
         await super().handle_info(message)
 
     async def terminate(self, reason: BaseException | None) -> None:
+        # Quick by design: nothing here waits. The run in progress is cancelled and records
+        # its own rows (shielded, bounded) in the companion task, which outlives the server.
         self._stopping = True
         queued = list(self._queue)
         self._queue.clear()
         for job in queued:
-            if job.caller is not None:
-                job.caller.reply(STOPPED)
+            job.resolve(STOPPED)
+            if job.scheduled_for is not None:
+                self._unrun.append(job)
         current = self._current
         if current is not None:
             current.scope.cancel()
         if self._companion is not None:
             self._companion.cancel()
-        with trio.move_on_after(self.runtime.record_grace_s):
-            for job in queued:
-                if job.scheduled_for is not None:
-                    # A tick that fired but never ran: accounted for as cancelled.
-                    await self._record(job, self._first_ability(job.key), "cancelled", 0, 0.0,
-                                       "the agent stopped before this scheduled run began")
-            if current is not None:
-                await current.done.wait()
 
     # -- the companion task: runs and schedules -----------------------------------------------
 
@@ -192,6 +198,19 @@ class AgentServer(Server):
             )
 
     async def _companion_task(self, scope: trio.CancelScope) -> None:
+        try:
+            await self._serve_companion(scope)
+        finally:
+            # Ticks that fired but never ran are accounted for as cancelled.
+            with trio.CancelScope(shield=True), trio.move_on_after(self.runtime.record_grace_s):
+                for job in self._unrun:
+                    await self._record(
+                        job, self._first_ability(job.key), "cancelled", 0, 0.0,
+                        "the agent stopped before this scheduled run began",
+                    )
+            self._unrun.clear()
+
+    async def _serve_companion(self, scope: trio.CancelScope) -> None:
         try:
             with scope:
                 if self.schedules:
@@ -212,12 +231,10 @@ class AgentServer(Server):
             job = self._queue.popleft()
             self._current = job
             try:
-                results = await self._execute(job)
+                await self._execute(job)
             finally:
                 self._current = None
-                job.done.set()
-            if job.caller is not None:
-                job.caller.reply(results)
+                job.resolve(STOPPED)  # a no-op unless the run failed to resolve it
 
     def _first_ability(self, key: str) -> str:
         resp = self.record.responsibilities.get(key) or {}
@@ -247,14 +264,20 @@ class AgentServer(Server):
         except trio.Cancelled:
             # The node is going down around us: still account for the run, then go.
             with trio.CancelScope(shield=True):
-                await self._finish(job, names, done, progress, started)
+                self._reply(job, await self._finish(job, names, done, progress, started))
             raise
         # Shielded (and bounded inside): a stop that cancels the companion right after the
         # run must not cut the recording of that run short.
         with trio.CancelScope(shield=True):
-            return await self._finish(
+            results = await self._finish(
                 job, names, done, progress if job.scope.cancelled_caught else None, started
             )
+        self._reply(job, results)
+        return results
+
+    @staticmethod
+    def _reply(job: _Job, results: list[RunResult]) -> None:
+        job.resolve(results)
 
     async def _run_ability(
         self, name: str, payload: dict[str, Any], previous: Any, job: _Job, progress: Attempts
@@ -380,20 +403,20 @@ class AgentServer(Server):
             )
         schedule.advance(last)
         if self._busy_with(schedule.key):
-            job = _Job(schedule.key, None, "schedule", None, scheduled_for=last)
+            job = _Job(schedule.key, None, "schedule", scheduled_for=last)
             await self._record(
                 job, schedule.ability, "skipped", 0, 0.0,
                 f"the tick of {last.isoformat()} arrived while the previous run of "
                 f"{schedule.key!r} was still going",
             )
             return
-        self._enqueue(_Job(schedule.key, None, "schedule", None, scheduled_for=last))
+        self._enqueue(_Job(schedule.key, None, "schedule", scheduled_for=last))
 
     async def _record_missed(
         self, schedule: Schedule, count: int, first: datetime, last: datetime, why: str
     ) -> None:
         more = "+" if count >= 100_000 else ""
-        job = _Job(schedule.key, None, "schedule", None, scheduled_for=last)
+        job = _Job(schedule.key, None, "schedule", scheduled_for=last)
         await self._record(
             job, schedule.ability, "missed", 0, 0.0,
             f"missed {count}{more} tick{'s' if count != 1 else ''} of {schedule.expr!r} "
@@ -426,7 +449,7 @@ class AgentServer(Server):
                 schedule.grace_s is None or late <= schedule.grace_s
             ):
                 schedule.advance(last)
-                self._enqueue(_Job(schedule.key, None, "schedule", None, scheduled_for=last))
+                self._enqueue(_Job(schedule.key, None, "schedule", scheduled_for=last))
             else:
                 why = "the agent was not running"
                 if schedule.misfire == "run_once":

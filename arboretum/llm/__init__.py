@@ -23,10 +23,12 @@ from ._exceptions import LLMBadResponse as LLMBadResponse
 from ._exceptions import LLMConfigError as LLMConfigError
 from ._exceptions import LLMConnectionError as LLMConnectionError
 from ._exceptions import LLMError as LLMError
+from ._exceptions import LLMInvalidRequest as LLMInvalidRequest
 from ._exceptions import LLMRateLimited as LLMRateLimited
 from ._exceptions import LLMRequestRejected as LLMRequestRejected
 from ._exceptions import LLMServerError as LLMServerError
 from ._exceptions import LLMTimeout as LLMTimeout
+from ._providers import ANTHROPIC_VERSION as ANTHROPIC_VERSION
 from ._providers import AnthropicProvider as AnthropicProvider
 from ._providers import HTTPRequest as HTTPRequest
 from ._providers import NoneProvider as NoneProvider
@@ -44,6 +46,7 @@ from ._types import Message as Message
 from ._types import Usage as Usage
 
 __all__ = [
+    "ANTHROPIC_VERSION",
     "DEFAULT_BUDGET",
     "DEFAULT_TIMEOUT_S",
     "REQUEST_EVENT",
@@ -58,6 +61,7 @@ __all__ = [
     "LLMConfigError",
     "LLMConnectionError",
     "LLMError",
+    "LLMInvalidRequest",
     "LLMRateLimited",
     "LLMRequestRejected",
     "LLMServerError",

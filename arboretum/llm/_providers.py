@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ._config import LLMConfig
-from ._exceptions import LLMBadResponse, LLMConfigError
+from ._exceptions import LLMBadResponse, LLMConfigError, LLMInvalidRequest
 from ._types import Completion, Message, Usage
 
-#: The version header Anthropic's Messages API requires.
+#: The default ``anthropic-version`` header: the Messages API's only version, and the one the
+#: official SDK sends. Change it with ``AnthropicProvider(version=...)``.
 ANTHROPIC_VERSION = "2023-06-01"
 
 #: ``max_tokens`` sent to Anthropic (which requires one) when neither the call nor the
@@ -49,17 +50,60 @@ class Provider:
     Attributes:
         name: the value of ``llm_config.provider`` that selects this class.
         default_endpoint: the base URL used when ``llm_config.endpoint_url`` is not set.
+        temperature_range: the temperatures the provider accepts, inclusive.
     """
 
     name: ClassVar[str] = ""
     default_endpoint: ClassVar[str | None] = None
+    temperature_range: ClassVar[tuple[float, float]] = (0.0, 2.0)
 
-    def check(self, config: LLMConfig) -> None:
-        """Refuse a configuration this provider can never serve (before any key is read).
+    def check_config(self, config: LLMConfig) -> None:
+        """Refuse, at :meth:`LLMClient.bind`, a configuration this provider cannot use.
+
+        The default refuses a ``temperature`` outside :attr:`temperature_range`.
 
         Raises:
             LLMConfigError: the configuration cannot be used.
         """
+        low, high = self.temperature_range
+        if config.temperature is not None and not low <= config.temperature <= high:
+            raise LLMConfigError(
+                f"invalid llm_config: llm_config.temperature must be from {low:g} to {high:g} "
+                f"for provider {self.name!r}, got {config.temperature!r}",
+                provider=self.name,
+            )
+
+    def check(self, config: LLMConfig) -> None:
+        """Refuse a configuration this provider can never serve (before any key is read).
+
+        Called by every :meth:`BoundLLM.complete`.
+
+        Raises:
+            LLMConfigError: the configuration cannot be used.
+        """
+
+    def check_request(
+        self, config: LLMConfig, messages: Sequence[Message], options: RequestOptions
+    ) -> None:
+        """Refuse a call this provider cannot serve, before the key is read or anything sent.
+
+        The default refuses a ``temperature`` outside :attr:`temperature_range`.
+
+        Raises:
+            LLMInvalidRequest: the call's arguments cannot be used.
+        """
+        low, high = self.temperature_range
+        temperature = options.temperature
+        if temperature is not None and not (
+            isinstance(temperature, int | float)
+            and not isinstance(temperature, bool)
+            and low <= temperature <= high
+        ):
+            raise LLMInvalidRequest(
+                f"{self.name} {config.model}: temperature must be a number from {low:g} "
+                f"to {high:g}, got {temperature!r}",
+                provider=self.name,
+            )
 
     def build_request(
         self,
@@ -158,13 +202,18 @@ class OpenAIProvider(Provider):
             content = ""  # e.g. a refusal or a tool call: no text
         if not isinstance(content, str):
             raise self._bad(config, "'choices[0].message.content' is not a string")
-        usage = data.get("usage")
-        usage = usage if isinstance(usage, Mapping) else {}
+        usage = _mapping(data.get("usage"))
+        details = _mapping(usage.get("prompt_tokens_details"))
         finish = choices[0].get("finish_reason")
         model = data.get("model")
         return Completion(
             text=content,
-            usage=Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))),
+            usage=Usage(
+                _int(usage.get("prompt_tokens")),
+                _int(usage.get("completion_tokens")),
+                cache_creation_input_tokens=_int(details.get("cache_write_tokens")),
+                cache_read_input_tokens=_int(details.get("cached_tokens")),
+            ),
             model=model if isinstance(model, str) and model else config.model,
             provider=self.name,
             finish_reason=finish if isinstance(finish, str) else None,
@@ -175,12 +224,58 @@ class OpenAIProvider(Provider):
 class AnthropicProvider(Provider):
     """Anthropic's Messages API (``POST {endpoint}/v1/messages``).
 
-    System messages are moved to the top-level ``system`` field, as the API requires. The key
-    goes in ``x-api-key``; ``anthropic-version`` is ``2023-06-01``.
+    Checked against the official ``anthropic`` Python SDK: the key goes in ``x-api-key``, the
+    ``anthropic-version`` header is sent (``2023-06-01`` by default), ``max_tokens`` is
+    required, ``temperature`` ranges from 0 to 1, and system messages are moved to the
+    top-level ``system`` field (the API has no ``system`` role). Only the sampling options the
+    caller sets are sent: some current models refuse ``temperature`` together with ``top_p``,
+    and the newest refuse sampling options altogether, so nothing is sent by default.
+
+    Args:
+        version: the ``anthropic-version`` header to send.
+        default_max_tokens: ``max_tokens`` sent when neither the call nor the ``llm_config``
+            sets one.
     """
 
     name = "anthropic"
     default_endpoint = "https://api.anthropic.com"
+    temperature_range = (0.0, 1.0)
+
+    def __init__(
+        self,
+        *,
+        version: str = ANTHROPIC_VERSION,
+        default_max_tokens: int = ANTHROPIC_DEFAULT_MAX_TOKENS,
+    ) -> None:
+        if not isinstance(version, str) or not version or not _is_token(version):
+            raise ValueError(
+                f"version must be a header-safe string like '2023-06-01', got {version!r}"
+            )
+        if not isinstance(default_max_tokens, int) or default_max_tokens < 1:
+            raise ValueError(
+                f"default_max_tokens must be a positive integer, got {default_max_tokens!r}"
+            )
+        self.version = version
+        self.default_max_tokens = default_max_tokens
+
+    def __repr__(self) -> str:
+        return (
+            f"AnthropicProvider(version={self.version!r}, "
+            f"default_max_tokens={self.default_max_tokens})"
+        )
+
+    def check_request(
+        self, config: LLMConfig, messages: Sequence[Message], options: RequestOptions
+    ) -> None:
+        """Also refuse a conversation without a user turn (the API needs one to answer)."""
+        super().check_request(config, messages, options)
+        if not any(m["role"] == "user" for m in messages):
+            roles = sorted({m["role"] for m in messages})
+            raise LLMInvalidRequest(
+                f"anthropic {config.model}: the conversation has no user message (roles: "
+                f"{', '.join(roles)}); the Messages API needs at least one user turn to answer",
+                provider=self.name,
+            )
 
     def build_request(
         self,
@@ -193,7 +288,7 @@ class AnthropicProvider(Provider):
         system = [m["content"] for m in messages if m["role"] == "system"]
         body: dict[str, Any] = {
             "model": config.model,
-            "max_tokens": options.max_tokens or ANTHROPIC_DEFAULT_MAX_TOKENS,
+            "max_tokens": options.max_tokens or self.default_max_tokens,
             "messages": [
                 {"role": m["role"], "content": m["content"]}
                 for m in messages
@@ -210,7 +305,7 @@ class AnthropicProvider(Provider):
         headers = {
             "content-type": "application/json",
             "accept": "application/json",
-            "anthropic-version": ANTHROPIC_VERSION,
+            "anthropic-version": self.version,
         }
         if api_key is not None:
             headers["x-api-key"] = api_key
@@ -231,13 +326,21 @@ class AnthropicProvider(Provider):
                 if not isinstance(text, str):
                     raise self._bad(config, "a text block has no 'text' string")
                 parts.append(text)
-        usage = data.get("usage")
-        usage = usage if isinstance(usage, Mapping) else {}
+        usage = _mapping(data.get("usage"))
+        # Anthropic's input_tokens leaves out the tokens read from or written to the prompt
+        # cache; Usage.input_tokens counts them all, as OpenAI's prompt_tokens does.
+        written = _int(usage.get("cache_creation_input_tokens"))
+        read = _int(usage.get("cache_read_input_tokens"))
         stop = data.get("stop_reason")
         model = data.get("model")
         return Completion(
             text="".join(parts),
-            usage=Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens"))),
+            usage=Usage(
+                _int(usage.get("input_tokens")) + written + read,
+                _int(usage.get("output_tokens")),
+                cache_creation_input_tokens=written,
+                cache_read_input_tokens=read,
+            ),
             model=model if isinstance(model, str) and model else config.model,
             provider=self.name,
             finish_reason=stop if isinstance(stop, str) else None,
@@ -273,12 +376,20 @@ class NoneProvider(Provider):
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-BUILTIN_PROVIDERS: Mapping[str, Provider] = {
-    p.name: p for p in (OpenAIProvider(), AnthropicProvider(), NoneProvider())
-}
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _is_token(value: str) -> bool:
+    return value.isascii() and value.isprintable() and value.strip() == value
 
 
 def _int(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return 0
+
+
+BUILTIN_PROVIDERS: Mapping[str, Provider] = {
+    p.name: p for p in (OpenAIProvider(), AnthropicProvider(), NoneProvider())
+}

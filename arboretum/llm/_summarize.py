@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -10,6 +11,8 @@ import trio
 
 from ._exceptions import LLMBadResponse, LLMConfigError
 from ._types import Completion, Message, Usage
+
+logger = logging.getLogger("arboretum.llm")
 
 DEFAULT_SYSTEM = (
     "You are a careful assistant that writes faithful, concise summaries. "
@@ -81,6 +84,11 @@ class Summary:
         chunks: how many pieces the input was split into (0 for empty input).
         calls: how many completions were requested.
         levels: rounds of summarising (1 when the text fit in one call).
+        truncated: how many answers were cut off by the token limit or the context window
+            (``Completion.truncated``). 0 means none was; otherwise the summary may have lost
+            the end of some parts (raise the budget's ``output_tokens`` or
+            ``llm_config.max_tokens``). Truncation is reported, not raised: the text is still
+            a summary, only possibly incomplete. A warning is also logged.
     """
 
     text: str
@@ -88,6 +96,7 @@ class Summary:
     chunks: int
     calls: int
     levels: int
+    truncated: int = 0
 
 
 async def summarize(
@@ -128,11 +137,14 @@ async def summarize(
 
     Returns:
         The summary and the token usage of all calls. Empty or blank text gives an empty
-        summary without any call.
+        summary without any call. ``Summary.truncated`` counts answers that were cut off at
+        the token limit (``finish_reason`` ``length`` / ``max_tokens``).
 
     Raises:
         LLMConfigError: a template without ``{text}``, or a budget too small for the prompts.
-        LLMBadResponse: the partial summaries stopped getting shorter.
+        LLMBadResponse: the partial summaries stopped getting shorter, or the model gave an
+            empty (or blank) answer for a chunk or for the final summary: a part of the text
+            would otherwise be dropped without a word.
         LLMError: a call failed after its retries (the first failure; the other calls are
             cancelled).
 
@@ -170,13 +182,33 @@ async def summarize(
     if not text:
         return Summary(text="", usage=Usage(), chunks=0, calls=0, levels=0)
 
-    async def call(template_: str, body: str) -> Completion:
-        return await llm.complete(
+    provider = getattr(llm, "provider", None)
+    truncated = 0
+
+    async def call(template_: str, body: str, what: str) -> Completion:
+        nonlocal truncated
+        completion = await llm.complete(
             template_.replace("{text}", body),
             system=system or None,
             max_tokens=max_tokens,
             retries=retries,
         )
+        if not completion.text.strip():
+            raise LLMBadResponse(
+                f"the model gave an empty answer for {what} "
+                f"(finish_reason={completion.finish_reason!r}); "
+                "check the model, the summarize template and max_tokens",
+                provider=provider,
+            )
+        if completion.truncated:
+            truncated += 1
+            logger.warning(
+                "summarize: the answer for %s was cut off (finish_reason=%r); raise the "
+                "budget's output_tokens or llm_config.max_tokens",
+                what,
+                completion.finish_reason,
+            )
+        return completion
 
     usage = Usage()
     calls = 0
@@ -187,35 +219,38 @@ async def summarize(
     while True:
         level += 1
         if len(pieces) == 1:
-            final = await call(current_template, pieces[0])
+            final = await call(current_template, pieces[0], "the final summary")
             return Summary(
                 text=final.text.strip(),
                 usage=usage + final.usage,
                 chunks=n_chunks,
                 calls=calls + 1,
                 levels=level,
+                truncated=truncated,
             )
         if level >= max_levels:
             raise LLMBadResponse(
                 f"the summary did not converge in {max_levels} rounds; "
                 "lower the budget's output_tokens or raise max_levels",
-                provider=getattr(llm, "provider", None),
+                provider=provider,
             )
-        partials = await _map(call, current_template, pieces, max_concurrency)
+        partials = await _map(call, current_template, pieces, max_concurrency, level)
         calls += len(partials)
         usage = usage + sum((p.usage for p in partials), Usage())
-        joined = "\n\n".join(p.text.strip() for p in partials if p.text.strip())
+        joined = "\n\n".join(p.text.strip() for p in partials)
         if len(joined) >= sum(len(p) for p in pieces):
             raise LLMBadResponse(
                 "the partial summaries are not shorter than the text they summarise; "
                 "check the model and the summarize template",
-                provider=getattr(llm, "provider", None),
+                provider=provider,
             )
-        pieces = _chunks(joined, chunk_chars) if joined else [""]
+        pieces = _chunks(joined, chunk_chars)
         current_template = combine
 
 
-async def _map(call: Any, template: str, pieces: list[str], limit: int) -> list[Completion]:
+async def _map(
+    call: Any, template: str, pieces: list[str], limit: int, level: int
+) -> list[Completion]:
     results: list[Completion | None] = [None] * len(pieces)
     failures: list[Exception] = []
     limiter = trio.CapacityLimiter(limit)
@@ -223,7 +258,8 @@ async def _map(call: Any, template: str, pieces: list[str], limit: int) -> list[
     async def one(index: int, piece: str) -> None:
         async with limiter:
             try:
-                results[index] = await call(template, piece)
+                what = f"chunk {index + 1} of {len(pieces)} (round {level})"
+                results[index] = await call(template, piece, what)
             except Exception as exc:
                 # Keep the first failure and stop the rest, so the caller gets one flat
                 # exception rather than an ExceptionGroup.

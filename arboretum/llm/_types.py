@@ -16,13 +16,26 @@ class Usage:
 
     Usages add up: ``sum(usages, Usage())`` is the total of several requests.
 
+    Prompt caching: ``input_tokens`` counts every prompt token, those read from or written to
+    the provider's prompt cache included, so it means the same for every provider; the two
+    cache fields say how many of them were cache reads and cache writes (billed differently).
+    Anthropic reports the uncached part alone as its ``input_tokens``; that is
+    ``input_tokens - cache_read_input_tokens - cache_creation_input_tokens`` here.
+
     Attributes:
-        input_tokens: tokens in the prompt (OpenAI's ``prompt_tokens``).
+        input_tokens: tokens in the prompt (OpenAI's ``prompt_tokens``; Anthropic's
+            ``input_tokens + cache_creation_input_tokens + cache_read_input_tokens``).
         output_tokens: tokens in the answer (OpenAI's ``completion_tokens``).
+        cache_creation_input_tokens: prompt tokens written to the prompt cache (Anthropic's
+            field of that name; OpenAI's ``prompt_tokens_details.cache_write_tokens``).
+        cache_read_input_tokens: prompt tokens read from the prompt cache (Anthropic's field of
+            that name; OpenAI's ``prompt_tokens_details.cached_tokens``).
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -35,6 +48,8 @@ class Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
+            self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            self.cache_read_input_tokens + other.cache_read_input_tokens,
         )
 
     def __radd__(self, other: object) -> Usage:
@@ -55,6 +70,9 @@ class Completion:
         provider: the provider name.
         finish_reason: why generation stopped (``"stop"``, ``"length"``, ``"end_turn"``, ...)
             as the provider reports it, or ``None``.
+        truncated: whether the answer was cut off by the token limit (``max_tokens``) or the
+            context window (``finish_reason`` ``"length"``, ``"max_tokens"`` or
+            ``"model_context_window_exceeded"``).
         raw: the decoded JSON body of the answer. It never holds request headers.
     """
 
@@ -64,3 +82,13 @@ class Completion:
     provider: str
     finish_reason: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def truncated(self) -> bool:
+        """Whether the answer was cut off by the token limit or the context window."""
+        return self.finish_reason in TRUNCATED_FINISH_REASONS
+
+
+#: ``finish_reason`` values meaning the answer was cut off: OpenAI's ``length``, Anthropic's
+#: ``max_tokens`` and ``model_context_window_exceeded``.
+TRUNCATED_FINISH_REASONS = frozenset({"length", "max_tokens", "model_context_window_exceeded"})
