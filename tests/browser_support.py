@@ -35,7 +35,8 @@ class Browser:
     """One Chromium, owned by one thread; ``await browser.run(step, *args)`` runs a step there.
 
     A step is ``step(browser, *args)``; it may keep pages on ``browser.pages`` between steps.
-    ``browser.dialogs`` collects every JavaScript dialog any page opened (each is dismissed).
+    ``browser.dialogs`` collects every JavaScript dialog any page opened (each is dismissed),
+    ``page_errors`` uncaught exceptions and ``console_errors`` console errors (CSP reports).
     """
 
     def __init__(self) -> None:
@@ -48,6 +49,7 @@ class Browser:
         self.pages: dict[str, Any] = {}
         self.dialogs: list[str] = []
         self.page_errors: list[str] = []
+        self.console_errors: list[str] = []  # CSP violations land here too
         self.context: Any = None
         self._thread = threading.Thread(target=self._loop, name="chromium", daemon=True)
         self._thread.start()
@@ -94,6 +96,10 @@ class Browser:
 
         page.on("dialog", dialog)
         page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
+        page.on(
+            "console",
+            lambda m: self.console_errors.append(m.text) if m.type == "error" else None,
+        )
         self.pages[name] = page
         return page
 
