@@ -232,9 +232,14 @@ async def test_the_dashboard_end_to_end(tmp_path, browser):
             assert latency < 5
             await browser.run(trigger_and_see_the_run, shots)
             # Another process changes the status: the CLI writes the database directly.
+            t0 = time.monotonic()
             done = await trio.to_thread.run_sync(cli, db, "agents", "disable", "web-agent")
+            cli_s = time.monotonic() - t0
             assert "inactive" in done.stdout
-            assert await browser.run(wait_status, "inactive") <= LIVE_S
+            cli_latency = await browser.run(wait_status, "inactive")
+            print(f"\nlive: saved -> index row {latency:.2f} s; CLI process {cli_s:.2f} s, "
+                  f"both tabs updated {cli_latency:.2f} s after it exited")
+            assert cli_latency <= LIVE_S
             assert not node.agent_state("web-agent").running
             await browser.run(toggle_from_the_page)
             await node.sync()
@@ -353,3 +358,55 @@ async def test_the_page_reconnects_when_the_node_restarts(tmp_path, browser):
     assert browser.dialogs == [] and browser.page_errors == []
     # While the node was away the socket failed to connect: nothing else went wrong.
     assert [e for e in browser.console_errors if "WebSocket connection" not in e] == []
+
+
+# ---------------------------------------------------------------------- a crash loop, live
+
+
+def watch_crashes(b, base, token):
+    page = b.new_page("index")
+    page.goto(f"{base}?token={token}")
+    expect(row(page, "crashy")).to_contain_text("running")
+    expect(row(page, "crashy").locator("td").nth(3)).to_have_text("0")
+
+
+def see_it_disabled(b, shots):
+    page = b.pages["index"]
+    started = time.monotonic()
+    crashy = row(page, "crashy")
+    expect(crashy.locator(".badge")).to_have_text("disabled_flapping", timeout=LIVE_S * 1000)
+    expect(crashy.locator(".badge")).to_have_class("badge s-disabled_flapping")
+    expect(crashy).to_contain_text("stopped", timeout=LIVE_S * 1000)
+    expect(crashy.locator(".last-error")).to_contain_text("crashed or failed to start")
+    expect(crashy.locator("td").nth(3)).to_have_text("3", timeout=LIVE_S * 1000)
+    expect(page.locator("#counters [data-counter=disabled] dd")).to_have_text(
+        "1", timeout=LIVE_S * 1000
+    )
+    page.locator("#telemetry-box summary").click()
+    crashed = page.locator("#telemetry tbody tr", has_text="arboretum.agent.crashed")
+    expect(crashed.locator("td").nth(1)).to_have_text("3", timeout=LIVE_S * 1000)
+    return time.monotonic() - started
+
+
+async def test_a_crash_loop_shows_live(tmp_path, browser):
+    db = str(tmp_path / "crash.db")
+    async with running_node(
+        db, flap_max_restarts=2, flap_window_s=60, restart_backoff_initial_s=0.05,
+        restart_backoff_max_s=0.1,
+    ) as node:
+        await node.store.create_agent({"name": "crashy"})
+        await node.sync()
+        with trio.fail_after(60):
+            await browser.run(watch_crashes, node.web_url, node.token)
+            for _ in range(3):  # the third crash within the window disables it
+                while (ref := node.registry.whereis(1)) is None:
+                    await trio.sleep(0.01)
+                ref.cast("crash now")  # no handle_cast: the server crashes
+                while node.registry.whereis(1) is ref:
+                    await trio.sleep(0.01)
+            crash_latency = await browser.run(see_it_disabled, tmp_path)
+            print(f"\nlive: third crash -> disabled_flapping shown {crash_latency:.2f} s")
+            assert crash_latency <= LIVE_S
+        assert node.agent_state("crashy").status == "disabled_flapping"
+    assert browser.dialogs == [] and browser.page_errors == []
+    assert browser.console_errors == []
