@@ -11,3 +11,10 @@ async def nap(payload: Any, ctx: Any) -> Any:
     """Sleep ``payload["s"]`` seconds, then return the payload."""
     await trio.sleep(float(payload.get("s", 1)))
     return payload
+
+
+async def stubborn(payload: Any, ctx: Any) -> Any:
+    """Sleep ``payload["s"]`` seconds and refuse to be cancelled meanwhile."""
+    with trio.CancelScope(shield=True):
+        await trio.sleep(float(payload.get("s", 1)))
+    return payload

@@ -333,3 +333,9 @@ def test_top_model_counts_runs_of_the_last_minute():
     assert (
         text.splitlines()[0] == "1 running of 2 agents · 3 runs, 1 failed · 2 restarts · up 1m15s"
     )
+
+
+def test_unknown_flags_are_usage_errors(db):
+    result = cli("agents", "list", "--db", db, "--colour")
+    assert result.exit_code == 2 and "No such option" in result.output
+    assert "Traceback" not in result.output

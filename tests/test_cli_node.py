@@ -38,10 +38,11 @@ def env():
 class Node:
     """``python -m arboretum run`` in a subprocess, its stdout read line by line."""
 
-    def __init__(self, db: Path, *args: str) -> None:
+    def __init__(self, db: Path, *args: str, free_port: bool = True) -> None:
         self.db = db
+        port = ["--port", "0"] if free_port else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "arboretum", "run", "--db", str(db), "--port", "0", *args],
+            [sys.executable, "-m", "arboretum", "run", "--db", str(db), *port, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -264,9 +265,87 @@ def test_run_on_a_busy_port_says_so(db):
         port = taken.getsockname()[1]
         done = subprocess.run(
             [sys.executable, "-m", "arboretum", "run", "--db", str(db), "--port", str(port)],
-            capture_output=True, text=True, timeout=60, env=env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env(),
         )
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Address already in use" in done.stderr and "Traceback" not in done.stderr
     assert not (db.parent / "e2e.db.node.json").exists()
+
+
+def test_a_second_ctrl_c_forces_the_exit(db):
+    import trio
+
+    from arboretum.store import open_store
+
+    async def create():
+        async with open_store(str(db)) as store:
+            await store.create_agent(
+                {
+                    "name": "mule",
+                    "abilities": ["nap_abilities:stubborn"],
+                    "responsibilities": {"work": {"abilities": ["nap_abilities:stubborn"]}},
+                }
+            )
+
+    trio.run(create)
+    node = Node(db, "--allow", "nap_abilities")
+    try:
+        node.wait_for("started   mule (id 1)")
+        trigger = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "arboretum",
+                "trigger",
+                "mule",
+                "work",
+                "--db",
+                str(db),
+                "--payload",
+                '{"s": 30}',
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env(),
+        )
+        time.sleep(1.5)  # the stubborn run is under way
+        node.proc.send_signal(signal.SIGINT)
+        node.wait_for("received SIGINT: stopping the node")
+        time.sleep(0.5)
+        assert node.proc.poll() is None  # still waiting for the stubborn run
+        assert node.stop(signal.SIGINT) == 130
+        assert "received SIGINT again: exiting at once" in node.stderr
+        assert "Traceback" not in node.stderr
+        assert not (db.parent / "e2e.db.node.json").exists()
+        trigger.wait(30)
+    finally:
+        node.close()
+
+
+def test_run_reads_a_config_file_and_flags_win(db, tmp_path):
+    config = tmp_path / "node.toml"
+    config.write_text('web = "127.0.0.1:0"\nallow = ["nap_abilities"]\nflap_max_restarts = 2\n')
+    node = Node(db, "--config", str(config), free_port=False)
+    try:
+        port = int(node.wait_for("listening on 127.0.0.1:").rsplit(":", 1)[1])
+        assert port not in (0, 4000)  # the file's web setting (port 0: a free port)
+        info = json.loads((db.parent / "e2e.db.node.json").read_text())
+        assert info["allow"] == ["nap_abilities"]
+        assert node.stop(signal.SIGTERM) == 0
+    finally:
+        node.close()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("flap_max_restarts = -1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "arboretum", "run", "--db", str(db), "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+    )
+    assert done.returncode == 2 and "flap_max_restarts" in done.stderr
+    assert "Traceback" not in done.stderr

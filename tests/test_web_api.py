@@ -401,7 +401,9 @@ async def test_healthz_needs_no_token(db):
         assert status_of(response) == 200
         assert json.loads(response.split(b"\r\n\r\n", 1)[1]) == {"status": "ok", "protocol": 1}
         assert node.token.encode() not in response
-        missing = await http_exchange(host, port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        missing = await http_exchange(
+            host, port, b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
         assert status_of(missing) == 404
 
 

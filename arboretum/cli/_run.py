@@ -33,8 +33,11 @@ def lifecycle_line(out: Output, kind: str, agent_id: Any, name: Any, reason: Any
     out.line(text, markup=_markup(text, STATUS_STYLES.get(kind, "")))
 
 
-async def _follow_lifecycle(out: Output, subscription: Any) -> None:
+async def _follow_lifecycle(out: Output, subscription: Any, already: set[int]) -> None:
     async for event in subscription:
+        if event.kind == "started" and event.agent_id in already:
+            already.discard(event.agent_id)  # printed from its state before the event came
+            continue
         lifecycle_line(out, event.kind, event.agent_id, event.name, event.reason)
 
 
@@ -81,8 +84,8 @@ async def run_node(out: Output, settings: Any, demo: bool) -> None:
                         # no event is lost; followed outside `stop`, so that the agents'
                         # "stopped" lines of the shutdown are printed too.
                         lifecycle = node.pubsub.subscribe_nowait(LIFECYCLE_TOPIC)
-                        await _started(out, node, lifecycle, demo)
-                        outer.start_soon(_follow_lifecycle, out, lifecycle)
+                        early = await _started(out, node, lifecycle, demo)
+                        outer.start_soon(_follow_lifecycle, out, lifecycle, early)
                         await trio.sleep_forever()
             finally:
                 if lifecycle is not None:
@@ -100,7 +103,9 @@ async def run_node(out: Output, settings: Any, demo: bool) -> None:
             outer.cancel_scope.cancel()
 
 
-async def _started(out: Output, node: Any, lifecycle: Any, demo: bool) -> None:
+async def _started(out: Output, node: Any, lifecycle: Any, demo: bool) -> set[int]:
+    """Print the start-up lines; return the agents printed as started before their event."""
+    early: set[int] = set()
     states = node.agent_states()
     for state in states:
         if state.running:
@@ -130,6 +135,7 @@ async def _started(out: Output, node: Any, lifecycle: Any, demo: bool) -> None:
         for state in states:
             if state.running and state.id not in printed:
                 lifecycle_line(out, "started", state.id, state.name, None)
+                early.add(state.id)
     running = sum(1 for s in states if s.running)
     out.line(f"{_clock()}  {len(states)} agents stored, {running} running")
     if node.web_url:
@@ -139,3 +145,4 @@ async def _started(out: Output, node: Any, lifecycle: Any, demo: bool) -> None:
         out.line(f"dashboard: {url}", markup=f"dashboard: [bold link={url}]{_markup(url, '')}[/]")
         out.line(f"API: {'ws' + node.web_url.removeprefix('http')}api/ws")
     out.line("press Ctrl-C to stop")
+    return early
