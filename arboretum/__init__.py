@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import telemetry as telemetry
+from ._core._child import ChildRef as ChildRef
+from ._core._dynamic_supervisor import DynamicSupervisor as DynamicSupervisor
+from ._core._dynamic_supervisor import dynamic_supervisor_spec as dynamic_supervisor_spec
+from ._core._dynamic_supervisor import open_dynamic_supervisor as open_dynamic_supervisor
 from ._core._exceptions import AlreadyRegistered as AlreadyRegistered
 from ._core._exceptions import AlreadyStarted as AlreadyStarted
 from ._core._exceptions import ArboretumError as ArboretumError
@@ -24,6 +28,8 @@ from ._core._exceptions import Shutdown as Shutdown
 from ._core._exceptions import SlowSubscriber as SlowSubscriber
 from ._core._exceptions import StartError as StartError
 from ._core._exceptions import ValidationError as ValidationError
+from ._core._policy import Backoff as Backoff
+from ._core._policy import FlapPolicy as FlapPolicy
 from ._core._pubsub import PubSub as PubSub
 from ._core._pubsub import PubSubAdapter as PubSubAdapter
 from ._core._pubsub import Subscription as Subscription
@@ -36,19 +42,14 @@ from ._core._server import Caller as Caller
 from ._core._server import Server as Server
 from ._core._server import ServerRef as ServerRef
 from ._core._server import start_server as start_server
-from ._core._spec import Backoff as Backoff
 from ._core._spec import ChildSpec as ChildSpec
-from ._core._spec import FlapPolicy as FlapPolicy
 from ._core._spec import child_spec as child_spec
-from ._core._supervisor import ChildEvent as ChildEvent
-from ._core._supervisor import ChildInfo as ChildInfo
-from ._core._supervisor import ChildRef as ChildRef
-from ._core._supervisor import DynamicSupervisor as DynamicSupervisor
+from ._core._supervision import ChildEvent as ChildEvent
+from ._core._supervision import ChildInfo as ChildInfo
 from ._core._supervisor import Supervisor as Supervisor
-from ._core._supervisor import dynamic_supervisor_spec as dynamic_supervisor_spec
-from ._core._supervisor import open_dynamic_supervisor as open_dynamic_supervisor
 from ._core._supervisor import open_supervisor as open_supervisor
 from ._core._supervisor import supervisor_spec as supervisor_spec
+from ._core._util import public_module as _public_module
 
 __version__ = "0.1.0.dev0"
 
@@ -124,10 +125,4 @@ def __dir__() -> list[str]:
 
 
 # Make tracebacks and reprs say ``arboretum.X`` rather than the private module path.
-for _name in __all__:
-    if _name in _LAZY:
-        continue
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("arboretum._"):
-        _obj.__module__ = "arboretum"
-del _name, _obj
+_public_module(globals(), [n for n in __all__ if n not in _LAZY], "arboretum", classes_only=True)

@@ -21,6 +21,7 @@ from ._core._telemetry import execute as execute
 from ._core._telemetry import has_handlers as has_handlers
 from ._core._telemetry import list_handlers as list_handlers
 from ._core._telemetry import span as span
+from ._core._util import public_module as _public_module
 
 __all__ = [
     "AlreadyAttached",
@@ -39,6 +40,6 @@ __all__ = [
     "span",
 ]
 
-for _cls in (AlreadyAttached, CapturedEvent, HandlerInfo, Span):
-    _cls.__module__ = "arboretum.telemetry"
-del _cls
+_public_module(
+    globals(), __all__, "arboretum.telemetry", private="arboretum._core._", classes_only=True
+)

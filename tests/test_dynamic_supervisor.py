@@ -1019,3 +1019,66 @@ async def test_failed_start_is_validated_and_cancellation_still_cancels() -> Non
             await dyn.start_child(SlowInit, failed_start="restart")
         await trio.testing.wait_all_tasks_blocked()
         assert dyn.which_children() == []
+
+
+class SlowRestart(Server):
+    async def init(self, inits: list[float]) -> None:
+        inits.append(trio.current_time())
+        if len(inits) > 1:
+            await trio.sleep(2)
+
+    async def handle_cast(self, message: Any) -> None:
+        raise Boom("crash")
+
+
+async def test_childref_state_while_a_restart_is_starting(autojump_clock: Any) -> None:
+    inits: list[float] = []
+    async with open_dynamic_supervisor() as dyn:
+        child = await dyn.start_child(SlowRestart, inits)
+        assert (child.state, child.incarnation) == ("running", 1)
+        child.ref.cast("crash")
+        await trio.sleep(1)  # the second init is running
+        assert (child.state, child.ref, child.alive, child.incarnation) == (
+            "restarting",
+            None,
+            False,
+            2,
+        )
+        await trio.sleep(2)
+        assert child.state == "running" and child.ref.alive
+    assert inits == [0.0, 0.0]
+
+
+async def test_a_restarted_childs_dead_incarnation_is_not_kept_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A crashed incarnation (its ServerRef, its Server and the frames of its traceback) must
+    # be collectable once the child restarted: 1,000 agents that each crashed once would
+    # otherwise hold 1,000 dead servers for as long as they run.
+    import gc
+    import logging
+    import weakref
+
+    # pytest keeps every log record, and a crash report's exc_info holds the traceback.
+    monkeypatch.setattr(logging.getLogger("arboretum.supervisor"), "disabled", True)
+
+    class Crashy(arboretum.Server):
+        async def handle_cast(self, message: object) -> None:
+            raise RuntimeError("boom")
+
+    async with arboretum.open_dynamic_supervisor() as dyn:
+        child = await dyn.start_child(arboretum.child_spec(Crashy, restart_delay=0.5))
+        old_ref = weakref.ref(child.ref)
+        child.ref.cast("crash")
+        with trio.fail_after(5):
+            while child.ref is None or child.ref is old_ref():
+                await trio.sleep(0.01)
+        gc.collect()
+        assert old_ref() is None
+        # also while waiting out a restart delay
+        dead = weakref.ref(child.ref)
+        child.ref.cast("crash")
+        await trio.sleep(0.1)
+        assert child.state == "restarting"
+        gc.collect()
+        assert dead() is None

@@ -1771,3 +1771,33 @@ async def test_sup20_a_server_killed_while_terminating_has_reason_killed(
         await sup.terminate_child("slow")
         assert trio.current_time() == 1.0
     assert isinstance(server.exit_reason, arboretum.Killed)
+
+
+# ---------------------------------------------------------------- a server's child defaults
+
+
+class Defaults(Server):
+    child_defaults = {"restart": "transient", "shutdown": 2}
+
+    async def handle_cast(self, message: Any) -> None:
+        raise Shutdown()
+
+
+async def test_child_defaults_are_plain_class_data() -> None:
+    spec = child_spec(Defaults, id="d")
+    assert (spec.restart, spec.shutdown) == ("transient", 2.0)
+    assert child_spec(Defaults, restart="permanent").restart == "permanent"  # explicit wins
+    async with open_supervisor([Defaults]) as sup:  # a bare class gets them too
+        assert sup.get_childspec(Defaults).restart == "transient"
+        ref(sup, Defaults).cast("stop")
+        await trio.testing.wait_all_tasks_blocked()
+        assert info(sup, Defaults).state == "stopped"  # transient: a clean exit is final
+
+
+def test_unknown_child_defaults_are_reported() -> None:
+    class Wrong(Server):
+        child_defaults = {"restrat": "transient"}
+
+    with pytest.raises(ValidationError) as err:
+        child_spec(Wrong)
+    assert err.value.errors == {"child_defaults": ["unknown child spec keys: restrat"]}

@@ -250,7 +250,7 @@ class PubSub:
     ) -> AsyncIterator[Subscription]:
         """Subscribe to ``topic`` for the duration of the ``async with`` block.
 
-        Subscribing twice gives two subscriptions and each gets every message (PS-03).
+        Subscribing twice gives two subscriptions and each gets every message.
 
         Args:
             topic: the topic name.
@@ -322,6 +322,17 @@ class PubSub:
         if isinstance(from_, Subscription):
             from_ = from_.owner
         return self._dispatch(topic, message, from_)
+
+    def close_topic(self, topic: str) -> int:
+        """Close every subscription to ``topic`` (each ends once its buffer is read).
+
+        Returns:
+            How many subscriptions were closed.
+        """
+        subs = list(self._topics.get(topic, ()))
+        for sub in subs:
+            sub.close()
+        return len(subs)
 
     def subscriber_count(self, topic: str) -> int:
         """How many live subscriptions ``topic`` has."""

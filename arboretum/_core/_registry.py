@@ -15,6 +15,7 @@ Lookups are plain dict reads: they never await and never return an entry whose o
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -134,19 +135,20 @@ class _TaskExitWatch(trio.abc.Instrument):
 
     Installed once per trio run, the first time an entry is owned by a task. trio calls
     ``task_exited`` right after the task finished and before any other task runs, so nobody
-    can observe an entry whose owning task is gone. ``owners`` maps a task to the registries
-    it has (or had) entries in; it is only trimmed when the task exits, which keeps
-    unregistering free of bookkeeping and costs one dict pop per task exit.
+    can observe an entry whose owning task is gone. ``owners`` maps a task to *weak*
+    references to the registries it has entries in: the watch never keeps a registry alive,
+    and a registry drops its reference when the task's last entry in it goes.
     """
 
     def __init__(self) -> None:
-        self.owners: dict[trio.lowlevel.Task, dict[Registry, None]] = {}
+        self.owners: dict[trio.lowlevel.Task, dict[weakref.ref[Registry], None]] = {}
 
     def task_exited(self, task: trio.lowlevel.Task) -> None:
         registries = self.owners.pop(task, None)
         if registries:
-            for registry in registries:
-                if task in registry._by_owner:
+            for ref in registries:
+                registry = ref()
+                if registry is not None and task in registry._by_owner:
                     registry._owner_exited(task)
 
 
@@ -162,9 +164,21 @@ def _watch_task(registry: Registry, task: trio.lowlevel.Task) -> None:
         trio.lowlevel.add_instrument(watch)
     registries = watch.owners.get(task)
     if registries is None:
-        watch.owners[task] = {registry: None}
+        watch.owners[task] = {registry._weakself: None}
     else:
-        registries[registry] = None
+        registries[registry._weakself] = None
+
+
+def _unwatch_task(registry: Registry, task: trio.lowlevel.Task) -> None:
+    try:
+        watch = _TASK_WATCH.get()
+    except LookupError:
+        return
+    registries = watch.owners.get(task)
+    if registries is not None:
+        registries.pop(registry._weakself, None)
+        if not registries:
+            del watch.owners[task]
 
 
 class Registry:
@@ -184,6 +198,7 @@ class Registry:
     """
 
     __slots__ = (
+        "__weakref__",
         "_by_owner",
         "_count",
         "_entries",
@@ -192,6 +207,7 @@ class Registry:
         "_meta",
         "_unique",
         "_waiters",
+        "_weakself",
         "keys_mode",
     )
 
@@ -210,6 +226,7 @@ class Registry:
         self._waiters: dict[Any, dict[trio.lowlevel.Task, None]] = {}
         self._listeners = 0
         self._events: PubSub | None = None
+        self._weakself = weakref.ref(self)
 
     def __repr__(self) -> str:
         return f"<Registry keys={self.keys_mode!r} entries={self._count}>"
@@ -221,7 +238,7 @@ class Registry:
     ) -> Registration:
         """Register ``key`` -> ``value`` now, owned by ``owner``.
 
-        Use the result as a context manager to unregister at the end of a block (REG-02)::
+        Use the result as a context manager to unregister at the end of a block::
 
             with reg.register("job:7", {"started": now}):
                 ...
@@ -238,7 +255,7 @@ class Registry:
 
         Raises:
             AlreadyRegistered: the registry is unique and ``key`` is taken, even by the
-                caller itself (REG-03). ``.value`` is the holder's value.
+                caller itself. ``.value`` is the holder's value.
             RuntimeError: no ``owner`` given outside a trio task.
         """
         if owner is None:
@@ -271,7 +288,7 @@ class Registry:
         return registration
 
     def via(self, key: Hashable) -> Via:
-        """A name for ``name=`` when starting a server: it registers under ``key`` (REG-12).
+        """A name for ``name=`` when starting a server: it registers under ``key``.
 
         Raises:
             ValueError: the registry is not unique.
@@ -290,10 +307,13 @@ class Registry:
             del entries[registration]
             if not entries:
                 del self._entries[key]
-        owned = self._by_owner[registration.owner]
+        owner = registration.owner
+        owned = self._by_owner[owner]
         del owned[registration]
         if not owned:
-            del self._by_owner[registration.owner]
+            del self._by_owner[owner]
+            if type(owner) is trio.lowlevel.Task:
+                _unwatch_task(self, owner)
         self._count -= 1
         if self._listeners:
             self._emit("unregister", registration)
@@ -303,7 +323,7 @@ class Registry:
             self._remove(registration)
 
     def unregister(self, key: Hashable, *, owner: Hashable | None = None) -> int:
-        """Remove all of ``owner``'s entries under ``key`` (REG-07).
+        """Remove all of ``owner``'s entries under ``key``.
 
         Args:
             key: the key.
@@ -321,7 +341,7 @@ class Registry:
         *,
         owner: Hashable | None = None,
     ) -> int:
-        """Remove ``owner``'s entries under ``key`` whose value satisfies ``predicate`` (REG-08).
+        """Remove ``owner``'s entries under ``key`` whose value satisfies ``predicate``.
 
         Args:
             key: the key.
@@ -343,7 +363,7 @@ class Registry:
     def update_value(
         self, key: Hashable, fn: Callable[[Any], Any], *, owner: Hashable | None = None
     ) -> tuple[Any, Any]:
-        """Replace the value of ``owner``'s entry under ``key`` with ``fn(old)`` (REG-11).
+        """Replace the value of ``owner``'s entry under ``key`` with ``fn(old)``.
 
         Listeners are not told (as in Elixir).
 
@@ -374,7 +394,7 @@ class Registry:
     # ------------------------------------------------------------------ lookups
 
     def whereis(self, key: Hashable) -> Any:
-        """The value under ``key``, or ``None`` (unique registries; REG-12).
+        """The value under ``key``, or ``None`` (unique registries).
 
         Raises:
             TypeError: the registry is not unique (use :meth:`lookup`).
@@ -393,7 +413,7 @@ class Registry:
         return iter(found)
 
     def lookup(self, key: Hashable) -> list[Any]:
-        """The values under ``key``, in registration order (REG-09; unique: 0 or 1)."""
+        """The values under ``key``, in registration order (unique: 0 or 1)."""
         found = self._entries.get(key)
         if found is None:
             return []
@@ -406,7 +426,7 @@ class Registry:
         return [(r.owner, r.value) for r in self._registrations(key)]
 
     def match(self, key: Hashable, predicate: Callable[[Any], bool]) -> list[tuple[Any, Any]]:
-        """``(owner, value)`` pairs under ``key`` whose value satisfies ``predicate`` (REG-15).
+        """``(owner, value)`` pairs under ``key`` whose value satisfies ``predicate``.
 
         Reads only ``key``'s entries, never the whole table.
         """
@@ -417,7 +437,7 @@ class Registry:
         return sum(1 for r in self._registrations(key) if predicate(r.value))
 
     def select(self, predicate: Callable[[Any, Any, Any], bool]) -> list[tuple[Any, Any, Any]]:
-        """``(key, owner, value)`` for every entry where ``predicate(key, owner, value)`` (REG-15).
+        """``(key, owner, value)`` for every entry where ``predicate(key, owner, value)``.
 
         Scans every entry: O(count()).
         """
@@ -438,7 +458,7 @@ class Registry:
         )
 
     def dispatch(self, key: Hashable, fn: Callable[[list[tuple[Any, Any]]], object]) -> bool:
-        """Call ``fn`` with the ``(owner, value)`` pairs under ``key``, in the caller (REG-14).
+        """Call ``fn`` with the ``(owner, value)`` pairs under ``key``, in the caller.
 
         ``fn`` is not called when ``key`` has no entries.
 
@@ -452,7 +472,7 @@ class Registry:
         return True
 
     def count(self) -> int:
-        """The total number of entries, in O(1) (REG-16)."""
+        """The total number of entries, in O(1)."""
         return self._count
 
     def keys(self) -> list[Any]:
@@ -460,14 +480,14 @@ class Registry:
         return list(self._entries)
 
     def keys_of(self, owner: Hashable) -> list[Any]:
-        """The keys ``owner`` holds, one per entry, in registration order (REG-10).
+        """The keys ``owner`` holds, one per entry, in registration order.
 
         Unknown or exited owners give ``[]``.
         """
         return [r.key for r in self._by_owner.get(owner, ())]
 
     def values(self, key: Hashable, owner: Hashable) -> list[Any]:
-        """The values ``owner`` registered under ``key`` (REG-10); ``[]`` if none."""
+        """The values ``owner`` registered under ``key``; ``[]`` if none."""
         return [r.value for r in self._owned_under(key, owner)]
 
     def _owned_under(self, key: Any, owner: Any) -> list[Registration]:
@@ -494,10 +514,14 @@ class Registry:
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
-            found = self._entries.get(key)
-            if found is not None:
+            if key in self._entries:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                return found.value if self._unique else next(iter(found)).value
+                # Read after the schedule point: the entry may have gone meanwhile, and a
+                # lookup must never return a dead owner's value.
+                found = self._entries.get(key)
+                if found is not None:
+                    return found.value if self._unique else next(iter(found)).value
+                continue
             task = trio.lowlevel.current_task()
             self._waiters.setdefault(key, {})[task] = None
 
@@ -523,7 +547,7 @@ class Registry:
     # ------------------------------------------------------------------ metadata
 
     def meta(self, key: Hashable, default: Any = _MISSING) -> Any:
-        """The registry metadata under ``key`` (REG-17).
+        """The registry metadata under ``key``.
 
         Raises:
             KeyError: no such metadata and no ``default`` given.
@@ -553,7 +577,7 @@ class Registry:
     async def listen(
         self, *, buffer: int = 1024, policy: Policy = "drop_oldest"
     ) -> AsyncIterator[Subscription]:
-        """Receive a :class:`RegistryEvent` for every register and unregister (REG-18).
+        """Receive a :class:`RegistryEvent` for every register and unregister.
 
         Unlike Elixir, unregistrations caused by an owner exiting are reported too. Events are
         buffered like a PubSub subscription (``buffer``/``policy`` as in

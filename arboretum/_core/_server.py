@@ -7,13 +7,17 @@ the same way until the server reschedules it with the reply. That is the fastest
 shape plain trio offers (see ../shared/NOTES.md), so a call costs about what a hand-written
 trio request/reply costs.
 
-Life cycle of one incarnation (``_serve``)::
+Life cycle of one incarnation (``serve``)::
 
     init(*args) ──ok──► loop over the mailbox ──► stop message / Shutdown / crash
         │                                              │
         └─raises─► StartError to the starter           └─► _die(): not alive, name released,
                    (nothing reaches the nursery)            waiting callers get ServerExited;
                                                             then terminate(reason); then exited
+
+The start is reported through a :class:`~._handshake.StartHandshake`, the same one the
+supervisors use. This module knows nothing about child specs: a server's defaults as a child
+are plain class data (:attr:`Server.child_defaults`), read by ``arboretum.child_spec``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import outcome
 import trio
@@ -35,10 +39,11 @@ from ._exceptions import (
     Shutdown,
     StartError,
 )
+from ._handshake import StartHandshake
+from ._policy import is_clean
 
 if TYPE_CHECKING:
     from ._registry import Registration, Via
-    from ._spec import ChildSpec
 
 __all__ = ["NOREPLY", "Caller", "Server", "ServerRef", "start_server"]
 
@@ -68,11 +73,6 @@ _YIELD_EVERY: Final = 64
 _CALL_STOP_EVENT: Final = ("arboretum", "server", "call", "stop")
 _START_EVENT: Final = ("arboretum", "server", "start")
 _STOP_EVENT: Final = ("arboretum", "server", "stop")
-
-
-def is_clean(reason: BaseException | None) -> bool:
-    """Whether an exit reason is clean: a normal stop, or :class:`Shutdown`."""
-    return reason is None or isinstance(reason, Shutdown)
 
 
 class Caller:
@@ -125,20 +125,15 @@ class Server:
 
     Attributes:
         ref: this server's own :class:`ServerRef` (set before ``init`` runs).
+        child_defaults: class data: default options for this server as a supervised child
+            (``restart``, ``shutdown``, ``restart_delay``, ...), as ``use GenServer, restart:
+            :transient`` does in Elixir. ``arboretum.child_spec(cls, ...)`` and a bare class
+            given to a supervisor apply them; options given explicitly win. Example:
+            ``child_defaults = {"restart": "transient", "shutdown": 10.0}``.
     """
 
     ref: ServerRef
-
-    @classmethod
-    def child_spec(cls, *args: Any, **options: Any) -> ChildSpec:
-        """A child spec for this server: ``arboretum.child_spec(cls, *args, **options)``.
-
-        Override it to change a server's defaults (``restart``, ``shutdown``, ...), as
-        ``use GenServer, restart: :transient`` does (GS-25).
-        """
-        from ._spec import child_spec
-
-        return child_spec(cls, *args, **options)
+    child_defaults: ClassVar[Mapping[str, Any]] = {}
 
     async def init(self, *args: Any, **kwargs: Any) -> None:
         """Set up state. Raising makes the start fail with :class:`StartError`."""
@@ -156,7 +151,7 @@ class Server:
         )
 
     async def handle_info(self, message: Any) -> None:
-        """Handle ``ref.send(message)``. The default logs the message and carries on (GS-14)."""
+        """Handle ``ref.send(message)``. The default logs the message and carries on."""
         logger.warning("%s received an unexpected message: %r", type(self).__qualname__, message)
 
     async def terminate(self, reason: BaseException | None) -> None:
@@ -187,7 +182,6 @@ class ServerRef:
         "_reason",
         "_registration",
         "_scope",
-        "_starter",
         "_task",
         "name",
         "server_type",
@@ -206,7 +200,6 @@ class ServerRef:
         self._exit_event: trio.Event | None = None
         self._registration: Registration | None = None
         self._scope: trio.CancelScope | None = None
-        self._starter: trio.lowlevel.Task | None = None
 
     def __repr__(self) -> str:
         name = f" {self.name.key!r}" if self.name is not None else ""
@@ -369,14 +362,10 @@ class ServerRef:
         if self._exit_event is not None:
             self._exit_event.set()
 
-    def _report_start(self, error: BaseException | None) -> None:
-        starter = self._starter
-        if starter is not None:
-            self._starter = None
-            if error is None:
-                trio.lowlevel.reschedule(starter, outcome.Value(self))
-            else:
-                trio.lowlevel.reschedule(starter, outcome.Error(error))
+
+def request_stop(ref: ServerRef) -> None:
+    """Queue a graceful stop for ``ref`` without waiting (a supervisor stopping a child)."""
+    ref._request_stop()
 
 
 def _start_error(server_type: type[Server], exc: BaseException) -> StartError:
@@ -385,30 +374,40 @@ def _start_error(server_type: type[Server], exc: BaseException) -> StartError:
     return err
 
 
-async def _serve(
+async def serve(
     ref: ServerRef,
     server: Server,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    on_started: Callable[[BaseException | None], None],
+    start: StartHandshake,
 ) -> bool:
     """Run one server incarnation in the current task.
 
-    ``on_started(None)`` is called once ``init`` returned, ``on_started(StartError)`` if it
-    raised. Returns False if ``init`` failed, True after a clean exit. Raises the crash
-    exception after a crash, and ``Cancelled`` when killed.
+    ``start.started(ref)`` is called once ``init`` returned, ``start.fail(StartError)`` if it
+    raised. A ``KeyboardInterrupt`` or ``SystemExit`` raised by ``init`` goes to the starter
+    by itself, not as a StartError, and not also up the task. Returns False if ``init``
+    failed, True after a clean exit. Raises the crash exception after a crash, and
+    ``Cancelled`` when killed.
     """
     ref._task = trio.lowlevel.current_task()
     try:
         try:
             await server.init(*args, **kwargs)
-        except BaseException as exc:
-            ref._die(exc if isinstance(exc, Exception) else Killed())
-            on_started(_start_error(type(server), exc))
-            if not isinstance(exc, Exception):
-                raise
+        except Exception as exc:
+            ref._die(exc)
+            start.fail(_start_error(type(server), exc))
             return False
-        on_started(None)
+        except trio.Cancelled:
+            # A cancelled init's documented reason is Killed, never trio.Cancelled.
+            ref._die(Killed())
+            start.fail(_start_error(type(server), Killed()))
+            raise
+        except BaseException as exc:
+            ref._die(Killed())
+            if start.fail(exc):
+                return False
+            raise
+        start.started(ref)
         if _telemetry.has_handlers(_START_EVENT):
             _telemetry.execute(_START_EVENT, {"count": 1}, {"server": ref})
         reason: BaseException | None = await _loop(ref, server)
@@ -421,6 +420,13 @@ async def _serve(
         ref._exited()
 
 
+def _abort_park(_: Any) -> trio.lowlevel.Abort:
+    # Only a kill cancels an idle server, and the Cancelled it gets goes straight to _die(),
+    # which clears ``_parked``: nothing can reschedule the task in between. So one shared
+    # abort function serves every park (no closure per idle period).
+    return trio.lowlevel.Abort.SUCCEEDED
+
+
 async def _loop(ref: ServerRef, server: Server) -> BaseException | None:
     mailbox = ref._mailbox
     burst = 0
@@ -430,12 +436,7 @@ async def _loop(ref: ServerRef, server: Server) -> BaseException | None:
                 burst = 0
                 payload = caller = None  # hold no message while idle
                 ref._parked = ref._task
-
-                def abort(_: Any) -> trio.lowlevel.Abort:
-                    ref._parked = None
-                    return trio.lowlevel.Abort.SUCCEEDED
-
-                await trio.lowlevel.wait_task_rescheduled(abort)
+                await trio.lowlevel.wait_task_rescheduled(_abort_park)
                 continue
             burst += 1
             if burst >= _YIELD_EVERY:
@@ -487,35 +488,34 @@ async def _server_task(
     server: Server,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    start: StartHandshake,
 ) -> None:
     assert ref._scope is not None
-    with ref._scope:
-        await _serve(ref, server, args, kwargs, ref._report_start)
+    try:
+        with ref._scope:
+            await serve(ref, server, args, kwargs, start)
+    finally:
+        start.finished()
 
 
-def _new_server(server_type: type[Server], name: Via | None) -> tuple[ServerRef, Server]:
+def new_server(
+    server_type: type[Server], name: Via | None, scope: trio.CancelScope
+) -> tuple[ServerRef, Server]:
+    """Create a server and its ref; ``scope`` is what :meth:`ServerRef.kill` cancels.
+
+    Raises:
+        TypeError: ``server_type`` is not a Server subclass.
+        AlreadyRegistered: ``name`` is taken.
+    """
     if not (isinstance(server_type, type) and issubclass(server_type, Server)):
         raise TypeError(f"expected a Server subclass, got {server_type!r}")
     ref = ServerRef(server_type, name)
+    ref._scope = scope
     server = server_type()
     server.ref = ref
     if name is not None:
         ref._registration = name.registry.register(name.key, ref, owner=ref)
     return ref, server
-
-
-async def _wait_started(ref: ServerRef) -> ServerRef:
-    """Park the current task until the server's ``init`` finished; kill the server if the
-    wait is cancelled."""
-    ref._starter = trio.lowlevel.current_task()
-
-    def abort(_: Any) -> trio.lowlevel.Abort:
-        ref._starter = None
-        ref.kill()
-        return trio.lowlevel.Abort.SUCCEEDED
-
-    result: ServerRef = await trio.lowlevel.wait_task_rescheduled(abort)
-    return result
 
 
 async def start_server(
@@ -546,16 +546,21 @@ async def start_server(
         StartError: ``init`` raised; the exception is ``__cause__``. Nothing reaches the
             nursery and the name is free again when this raises.
         AlreadyRegistered: ``name`` is taken.
+        KeyboardInterrupt: ``init`` raised it (or ``SystemExit``): it is raised here, alone.
 
-    Cancellation: if cancelled while ``init`` runs, the server is cancelled too.
+    Cancellation: if cancelled while ``init`` runs, the server is cancelled too, and the
+    cancellation is raised once its task has finished (its name is free again).
     """
-    ref, server = _new_server(server_type, name)
-    # Created here, not in the task, so that a starter cancelled before the task first runs
-    # can still cancel the server.
-    ref._scope = trio.CancelScope()
+    # The scope is created here, not in the task, so that a starter cancelled before the
+    # task first runs can still cancel the server.
+    ref, server = new_server(server_type, name, trio.CancelScope())
+    start = StartHandshake()
     try:
-        nursery.start_soon(_server_task, ref, server, args, kwargs, name=server_type.__qualname__)
+        nursery.start_soon(
+            _server_task, ref, server, args, kwargs, start, name=server_type.__qualname__
+        )
     except BaseException:
         ref._die(None)  # releases the name: the server never ran
         raise
-    return await _wait_started(ref)
+    result: ServerRef = await start.wait(ref.kill)
+    return result

@@ -1,4 +1,4 @@
-"""Child specifications, restart backoff and flap detection policies."""
+"""Child specifications: how a supervisor starts, restarts and stops one child."""
 
 from __future__ import annotations
 
@@ -8,91 +8,24 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._exceptions import ValidationError
+from ._policy import Backoff, FlapPolicy, Restart, restart_policy_errors
 from ._server import Server
 
 if TYPE_CHECKING:
     from ._registry import Via
 
-__all__ = ["Backoff", "ChildSpec", "FlapPolicy", "child_spec"]
+__all__ = ["ChildSpec", "ShutdownGrace", "child_spec"]
 
-Restart = Literal["permanent", "transient", "temporary"]
-Shutdown = float | Literal["brutal_kill"] | None
+ShutdownGrace = float | Literal["brutal_kill"] | None
+"""A child's shutdown: seconds of grace, ``"brutal_kill"``, or ``None`` (wait forever)."""
+
 _RESTARTS = ("permanent", "transient", "temporary")
 _DEFAULT: Any = object()
 type_ = type
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential restart delay with a cap, reset after a quiet period.
-
-    The n-th consecutive restart of a child waits ``initial * multiplier**(n-1)`` seconds,
-    at most ``maximum``. A child that ran ``reset_after`` seconds without crashing starts
-    again from ``initial``.
-    """
-
-    initial: float = 0.1
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    reset_after: float = 60.0
-
-    def __post_init__(self) -> None:
-        errors: dict[str, list[str]] = {}
-        if not _is_number(self.initial) or self.initial < 0:
-            errors["initial"] = ["must be a number of seconds >= 0"]
-        if not _is_number(self.maximum) or self.maximum < 0:
-            errors["maximum"] = ["must be a number of seconds >= 0"]
-        if not _is_number(self.multiplier) or self.multiplier < 1:
-            errors["multiplier"] = ["must be a number >= 1"]
-        if not _is_number(self.reset_after) or self.reset_after <= 0:
-            errors["reset_after"] = ["must be a number of seconds > 0"]
-        if errors:
-            raise ValidationError({f"restart_delay.{k}": v for k, v in errors.items()})
-
-    def delay(self, consecutive: int) -> float:
-        """The delay before the ``consecutive``-th restart in a row (1-based)."""
-        if consecutive <= 0:
-            return 0.0
-        return float(min(self.maximum, self.initial * self.multiplier ** (consecutive - 1)))
-
-
-@dataclass(frozen=True, slots=True)
-class FlapPolicy:
-    """Give a child up after more than ``max_restarts`` restarts within ``within`` seconds.
-
-    A child with a flap policy is judged by it *instead of* its supervisor's shared restart
-    intensity, so one crash-looping child is stopped alone ("gave up" event) and cannot use
-    up the budget of its siblings and take the whole supervisor down.
-    """
-
-    max_restarts: int = 5
-    within: float = 60.0
-
-    def __post_init__(self) -> None:
-        errors: dict[str, list[str]] = {}
-        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
-            errors["flap.max_restarts"] = ["must be an int >= 0"]
-        if not _is_number(self.within) or self.within <= 0:
-            errors["flap.within"] = ["must be a number of seconds > 0"]
-        if errors:
-            raise ValidationError(errors)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def restart_policy_errors(restart_delay: object, flap: object) -> dict[str, list[str]]:
-    """Check ``restart_delay`` and ``flap`` (child specs and supervisor defaults alike)."""
-    errors: dict[str, list[str]] = {}
-    if restart_delay is not None and not isinstance(restart_delay, Backoff):
-        if not _is_number(restart_delay) or restart_delay < 0:  # type: ignore[operator]
-            errors["restart_delay"] = [
-                f"must be seconds >= 0 or an arboretum.Backoff; got {restart_delay!r}"
-            ]
-    if flap is not None and not isinstance(flap, FlapPolicy):
-        errors["flap"] = [f"must be an arboretum.FlapPolicy; got {flap!r}"]
-    return errors
 
 
 def _accepts_task_status(fn: Callable[..., Any]) -> bool:
@@ -113,7 +46,7 @@ class ChildSpec:
     args: tuple[Any, ...] = ()
     id: Hashable = None
     restart: Restart = "permanent"
-    shutdown: Shutdown = 5.0
+    shutdown: ShutdownGrace = 5.0
     type: Literal["worker", "supervisor"] = "worker"
     significant: bool = False
     name: Via | None = None
@@ -123,7 +56,7 @@ class ChildSpec:
     takes_task_status: bool = field(default=False, repr=False)
 
     def replace(self, **changes: Any) -> ChildSpec:
-        """A copy with some fields changed, validated again (unknown keys raise, SUP-02)."""
+        """A copy with some fields changed, validated again (unknown keys raise)."""
         unknown = set(changes) - set(_SPEC_KEYS)
         if unknown:
             raise ValidationError({k: ["unknown child spec key"] for k in sorted(unknown)})
@@ -152,13 +85,13 @@ def child_spec(
     start: Any,
     *args: Any,
     id: Hashable = None,
-    restart: Restart = "permanent",
-    shutdown: Shutdown | Literal["infinity"] | int = _DEFAULT,
-    type: Literal["worker", "supervisor"] | None = None,
-    significant: bool = False,
-    name: Via | None = None,
-    restart_delay: float | Backoff | None = None,
-    flap: FlapPolicy | None = None,
+    restart: Restart = _DEFAULT,
+    shutdown: ShutdownGrace | Literal["infinity"] | int = _DEFAULT,
+    type: Literal["worker", "supervisor"] | None = _DEFAULT,
+    significant: bool = _DEFAULT,
+    name: Via | None = _DEFAULT,
+    restart_delay: float | Backoff | None = _DEFAULT,
+    flap: FlapPolicy | None = _DEFAULT,
 ) -> ChildSpec:
     """Describe a child for a supervisor.
 
@@ -181,57 +114,145 @@ def child_spec(
         restart_delay: seconds to wait before restarting, or a :class:`Backoff`.
         flap: a :class:`FlapPolicy`; the child is given up when it flaps.
 
+    An option left out takes the Server class's ``child_defaults``, then the default above.
+
     Raises:
         ValidationError: a field is invalid; ``.errors`` says which and what is accepted.
     """
-    errors: dict[str, list[str]] = {}
     is_server = isinstance(start, type_) and issubclass(start, Server)
+    errors: dict[str, list[str]] = {}
+    if is_server and start.child_defaults:
+        defaults = start.child_defaults
+        unknown = set(defaults) - set(_SPEC_KEYS)
+        if unknown:
+            errors["child_defaults"] = [f"unknown child spec keys: {', '.join(sorted(unknown))}"]
+        if restart is _DEFAULT:
+            restart = defaults.get("restart", _DEFAULT)
+        if shutdown is _DEFAULT:
+            shutdown = defaults.get("shutdown", _DEFAULT)
+        if type is _DEFAULT:
+            type = defaults.get("type", _DEFAULT)
+        if significant is _DEFAULT:
+            significant = defaults.get("significant", _DEFAULT)
+        if name is _DEFAULT:
+            name = defaults.get("name", _DEFAULT)
+        if restart_delay is _DEFAULT:
+            restart_delay = defaults.get("restart_delay", _DEFAULT)
+        if flap is _DEFAULT:
+            flap = defaults.get("flap", _DEFAULT)
+    if restart is _DEFAULT:
+        restart = "permanent"
+    if type is _DEFAULT or type is None:
+        type = "worker"
+    if significant is _DEFAULT:
+        significant = False
+    if name is _DEFAULT:
+        name = None
+    if restart_delay is _DEFAULT:
+        restart_delay = None
+    if flap is _DEFAULT:
+        flap = None
+    if shutdown is _DEFAULT:
+        shutdown = None if type == "supervisor" else 5.0
+    elif shutdown == "infinity":
+        shutdown = None
     if start is None:
         errors["start"] = ["is required: a Server subclass or an async function"]
     elif not is_server and not callable(start):
         errors["start"] = [f"must be a Server subclass or an async function, got {start!r}"]
     if restart not in _RESTARTS:
         errors["restart"] = [f"must be one of permanent, transient, temporary; got {restart!r}"]
-    if type is None:
-        type = "worker"
-    if shutdown is _DEFAULT:
-        shutdown = None if type == "supervisor" else 5.0
     if type not in ("worker", "supervisor"):
         errors["type"] = [f"must be 'worker' or 'supervisor'; got {type!r}"]
-    if shutdown == "infinity":
-        shutdown = None
-    if not (
-        shutdown is None or shutdown == "brutal_kill" or (_is_number(shutdown) and shutdown >= 0)
-    ):
+    if shutdown.__class__ is float and shutdown >= 0:
+        pass  # the common case
+    elif shutdown is None or shutdown == "brutal_kill":
+        pass
+    elif _is_number(shutdown) and shutdown >= 0:
+        shutdown = float(shutdown)
+    else:
         errors["shutdown"] = [
             f"must be seconds >= 0, 'brutal_kill' or None/'infinity'; got {shutdown!r}"
         ]
-    if not isinstance(significant, bool):
-        errors["significant"] = ["must be True or False"]
-    elif significant and restart == "permanent":
-        errors["significant"] = ["a permanent child cannot be significant (bad_combination)"]
+    if significant is not False:
+        if significant is not True:
+            errors["significant"] = ["must be True or False"]
+        elif restart == "permanent":
+            errors["significant"] = ["a permanent child cannot be significant (bad_combination)"]
     if name is not None:
         if not is_server:
             errors["name"] = ["only a Server child can be registered under a name"]
         elif not (hasattr(name, "registry") and hasattr(name, "key")):
             errors["name"] = [f"must be registry.via(key); got {name!r}"]
-    errors.update(restart_policy_errors(restart_delay, flap))
+    if restart_delay is not None or flap is not None:
+        errors.update(restart_policy_errors(restart_delay, flap))
     if errors:
         raise ValidationError(errors)
-    return ChildSpec(
-        start=start,
-        args=tuple(args),
-        id=start if id is None else id,
-        restart=restart,
-        shutdown=float(shutdown) if _is_number(shutdown) else shutdown,  # type: ignore[arg-type]
-        type=type,
-        significant=significant,
-        name=name,
-        restart_delay=restart_delay,
-        flap=flap,
-        is_server=is_server,
-        takes_task_status=not is_server and _accepts_task_status(start),
+    return _new_spec(
+        start,
+        args,
+        start if id is None else id,
+        restart,
+        shutdown,
+        type,
+        significant,
+        name,
+        restart_delay,
+        flap,
+        is_server,
+        not is_server and _accepts_task_status(start),
     )
+
+
+def _slot_setter(name: str) -> Any:
+    return ChildSpec.__dict__[name].__set__
+
+
+# A validated spec is built by setting its slots directly: a frozen dataclass's __init__
+# (one object.__setattr__ call per field) costs as much as the whole validation, and a
+# DynamicSupervisor may be given one spec per child, thousands of times a second.
+_set_start = _slot_setter("start")
+_set_args = _slot_setter("args")
+_set_id = _slot_setter("id")
+_set_restart = _slot_setter("restart")
+_set_shutdown = _slot_setter("shutdown")
+_set_type = _slot_setter("type")
+_set_significant = _slot_setter("significant")
+_set_name = _slot_setter("name")
+_set_restart_delay = _slot_setter("restart_delay")
+_set_flap = _slot_setter("flap")
+_set_is_server = _slot_setter("is_server")
+_set_takes_task_status = _slot_setter("takes_task_status")
+
+
+def _new_spec(
+    start: Any,
+    args: tuple[Any, ...],
+    id: Hashable,
+    restart: Restart,
+    shutdown: ShutdownGrace,
+    type: Literal["worker", "supervisor"],
+    significant: bool,
+    name: Via | None,
+    restart_delay: float | Backoff | None,
+    flap: FlapPolicy | None,
+    is_server: bool,
+    takes_task_status: bool,
+) -> ChildSpec:
+    spec = object.__new__(ChildSpec)
+    _set_start(spec, start)
+    _set_args(spec, args)
+    _set_id(spec, id)
+    _set_restart(spec, restart)
+    _set_shutdown(spec, shutdown)
+    _set_type(spec, type)
+    _set_significant(spec, significant)
+    _set_name(spec, name)
+    _set_restart_delay(spec, restart_delay)
+    _set_flap(spec, flap)
+    _set_is_server(spec, is_server)
+    _set_takes_task_status(spec, takes_task_status)
+    return spec
 
 
 def as_spec(start: Any, args: tuple[Any, ...] = ()) -> ChildSpec:
@@ -240,6 +261,7 @@ def as_spec(start: Any, args: tuple[Any, ...] = ()) -> ChildSpec:
         if args:
             return replace(start, args=start.args + tuple(args))
         return start
-    if isinstance(start, type_) and issubclass(start, Server):
-        return start.child_spec(*args)
     return child_spec(start, *args)
+
+
+_NO_DEFAULTS: dict[str, Any] = {}

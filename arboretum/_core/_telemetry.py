@@ -108,7 +108,7 @@ def _check_event(event: object, what: str = "event name") -> EventName:
 
 
 def attach(handler_id: Hashable, event: EventName, handler: Handler, config: Any = None) -> None:
-    """Attach ``handler`` to ``event`` under ``handler_id`` (TEL-02).
+    """Attach ``handler`` to ``event`` under ``handler_id``.
 
     ``handler(event, measurements, metadata, config)`` is called in the emitting code for every
     :func:`execute` of ``event``. A handler that raises is detached (see :func:`execute`).
@@ -129,7 +129,7 @@ def attach(handler_id: Hashable, event: EventName, handler: Handler, config: Any
 def attach_many(
     handler_id: Hashable, events: Iterable[EventName], handler: Handler, config: Any = None
 ) -> None:
-    """Attach one handler to several events under one id (TEL-03).
+    """Attach one handler to several events under one id.
 
     Args:
         handler_id: any hashable, unique across all events.
@@ -161,7 +161,7 @@ def attach_many(
 
 
 def detach(handler_id: Hashable) -> bool:
-    """Detach the handler ``handler_id`` from every event it is attached to (TEL-03).
+    """Detach the handler ``handler_id`` from every event it is attached to.
 
     Returns:
         ``True`` if it was attached, ``False`` if no handler has that id.
@@ -180,7 +180,7 @@ def detach(handler_id: Hashable) -> bool:
 
 
 def list_handlers(prefix: tuple[str, ...] = ()) -> list[HandlerInfo]:
-    """Every attachment whose event name starts with ``prefix`` (``()`` = all; TEL-12)."""
+    """Every attachment whose event name starts with ``prefix`` (``()`` = all)."""
     if not isinstance(prefix, tuple) or not all(isinstance(p, str) for p in prefix):
         raise TypeError(f"prefix must be a tuple of str, got {prefix!r}")
     n = len(prefix)
@@ -202,14 +202,14 @@ def execute(
     measurements: Mapping[str, Any],
     metadata: Mapping[str, Any] | None = None,
 ) -> None:
-    """Emit ``event``: call each attached handler now, in the caller (TEL-04).
+    """Emit ``event``: call each attached handler now, in the caller.
 
     With no handler attached this is one dict lookup; the arguments are not even checked.
 
     A handler that raises an ``Exception`` is detached from all its events, a
     ``("telemetry", "handler", "failure")`` event is emitted and the error is logged on the
     ``"arboretum.telemetry"`` logger; the other handlers still run and ``execute`` returns
-    normally (TEL-06, TEL-07). ``BaseException`` s such as ``KeyboardInterrupt`` propagate.
+    normally. ``BaseException`` s such as ``KeyboardInterrupt`` propagate.
 
     Args:
         event: the event name.
@@ -287,7 +287,7 @@ def _kind_of(exc: BaseException) -> str:
 
 
 class Span:
-    """A timed region: emits ``prefix + (start|stop|exception,)`` (TEL-08..11).
+    """A timed region: emits ``prefix + (start|stop|exception,)``.
 
     Created by :func:`span`; use it as ``with span(...) as s:`` in sync or async code.
 
@@ -353,7 +353,7 @@ class Span:
 
 
 def span(prefix: EventName, metadata: Mapping[str, Any] | None = None) -> Span:
-    """Time a ``with`` block and emit start / stop / exception events around it (TEL-08..11).
+    """Time a ``with`` block and emit start / stop / exception events around it.
 
     ``prefix + ("start",)`` gets ``{monotonic_time, system_time}`` and the start metadata.
     On normal exit ``prefix + ("stop",)`` gets ``{duration, monotonic_time}`` plus
@@ -399,7 +399,7 @@ _capture_ids = itertools.count(1)
 
 @contextmanager
 def capture(events: Iterable[EventName]) -> Iterator[list[CapturedEvent]]:
-    """Record the given events into a list while the block runs (TEL-13, for tests).
+    """Record the given events into a list while the block runs (for tests).
 
     ``telemetry_test.attach_event_handlers`` for Python: a handler with a fresh id is
     attached to ``events`` and detached at the end of the block, even on error.

@@ -12,6 +12,7 @@ The exception tree is drawn in :mod:`arboretum.llm._exceptions`; see ``docs/llm.
 
 from __future__ import annotations
 
+from .._core._util import public_module as _public_module
 from ._client import REQUEST_EVENT as REQUEST_EVENT
 from ._client import BoundLLM as BoundLLM
 from ._client import LLMClient as LLMClient
@@ -81,10 +82,4 @@ __all__ = [
 ]
 
 # Tracebacks and reprs say ``arboretum.llm.X`` rather than the private module path.
-for _name in __all__:
-    _obj = globals()[_name]
-    if isinstance(_obj, type) and _obj.__module__.startswith("arboretum.llm._"):
-        _obj.__module__ = "arboretum.llm"
-    elif callable(_obj) and getattr(_obj, "__module__", "").startswith("arboretum.llm._"):
-        _obj.__module__ = "arboretum.llm"
-del _name, _obj
+_public_module(globals(), __all__, "arboretum.llm")

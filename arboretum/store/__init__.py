@@ -19,6 +19,7 @@ peewee and cronsim; ``import arboretum`` does not.
 from __future__ import annotations
 
 from .._core._exceptions import ValidationError as ValidationError
+from .._core._util import public_module as _public_module
 from .._schema import AGENT_FIELDS as AGENT_FIELDS
 from .._schema import CONFIG_FIELDS as CONFIG_FIELDS
 from .._schema import DEFAULT_LLM_CONFIG as DEFAULT_LLM_CONFIG
@@ -105,11 +106,4 @@ __all__ = [
 ]
 
 # Tracebacks and reprs say ``arboretum.store.X`` rather than the private module path.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("arboretum.store._"):
-        try:
-            _obj.__module__ = "arboretum.store"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+_public_module(globals(), __all__, "arboretum.store")

@@ -58,6 +58,7 @@ import trio
 
 from .._core._exceptions import ValidationError
 from .._core._pubsub import Policy, PubSub, Subscription
+from .._core._util import raise_flat
 from .._schema import (
     RUN_STATUSES,
     STATUSES,
@@ -798,12 +799,6 @@ async def open_store(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         # Unwrap at the API boundary: the caller's own exception, not a group around it.
-        if len(group.exceptions) == 1:
-            exc = group.exceptions[0]
-            try:
-                raise exc from exc.__cause__
-            finally:
-                del exc, group
-        raise
+        raise_flat(group)
     finally:
         await store.aclose()

@@ -1,6 +1,6 @@
 """Kernel benchmarks: arboretum against the fastest plain-trio code doing the same job.
 
-Run:  python tests/benchmarks/bench_kernel.py            (about 2-4 minutes on 2 cores)
+Run:  python tests/benchmarks/bench_kernel.py            (about 3-5 minutes on 2 cores)
       python tests/benchmarks/bench_kernel.py --quick    (fewer repetitions, smaller N)
       python tests/benchmarks/bench_kernel.py --markdown docs/performance-kernel.md
 
@@ -24,6 +24,7 @@ import sys
 import time
 import tracemalloc
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import outcome
@@ -81,6 +82,65 @@ async def _spawn_arboretum(n: int) -> dict[str, float]:
         await dyn.stop()
         stop = time.perf_counter() - t1
     return {"us_per_spawn": elapsed / n * 1e6, "rss_bytes_per": rss / n, "stop_s": stop}
+
+
+@dataclass(frozen=True, slots=True)
+class _PlainSpec:
+    """The baseline's per-child spec: what to start and with which arguments."""
+
+    start: Any
+    args: tuple[Any, ...]
+
+
+async def _spawn_init_plain(n: int) -> dict[str, float]:
+    """Baseline for the realistic spawn: per child, a spec record, a task with its channel
+    that instantiates its object and runs its ``init`` before idling."""
+
+    class Idle:
+        async def init(self, number: int) -> None:
+            self.number = number
+
+    async def run(spec: _PlainSpec, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        obj = spec.start()
+        await obj.init(*spec.args)
+        async for _ in receive:
+            pass
+
+    senders = []
+    async with trio.open_nursery() as nursery:
+        rss0 = _rss_bytes()
+        t0 = time.perf_counter()
+        for i in range(n):
+            spec = _PlainSpec(Idle, (i,))
+            send, receive = trio.open_memory_channel[Any](0)
+            senders.append(send)
+            nursery.start_soon(run, spec, receive)
+        await trio.testing.wait_all_tasks_blocked()
+        elapsed = time.perf_counter() - t0
+        rss = _rss_bytes() - rss0
+        nursery.cancel_scope.cancel()
+    return {"us_per_spawn": elapsed / n * 1e6, "rss_bytes_per": rss / n}
+
+
+async def _spawn_init_arboretum(n: int) -> dict[str, float]:
+    """The realistic spawn: a child spec per child, and an ``init`` that runs (each
+    ``start_child`` returns after it)."""
+    import arboretum
+
+    class Idle(arboretum.Server):
+        async def init(self, number: int) -> None:
+            self.number = number
+
+    async with arboretum.open_dynamic_supervisor() as dyn:
+        rss0 = _rss_bytes()
+        t0 = time.perf_counter()
+        for i in range(n):
+            await dyn.start_child(arboretum.child_spec(Idle, i))
+        await trio.testing.wait_all_tasks_blocked()
+        elapsed = time.perf_counter() - t0
+        rss = _rss_bytes() - rss0
+        assert dyn.count_children()["active"] == n
+    return {"us_per_spawn": elapsed / n * 1e6, "rss_bytes_per": rss / n}
 
 
 async def _tracemalloc_spawn(impl: str, n: int) -> dict[str, float]:
@@ -364,6 +424,8 @@ def run_one(scenario: str, impl: str, n: int) -> dict[str, float]:
     _discard_logging()
     if scenario == "spawn":
         return trio.run(_spawn_plain if impl == "plain" else _spawn_arboretum, n)
+    if scenario == "spawn_init":
+        return trio.run(_spawn_init_plain if impl == "plain" else _spawn_init_arboretum, n)
     if scenario == "spawn_traced":
         return trio.run(_tracemalloc_spawn, impl, n)
     if scenario == "call":
@@ -389,6 +451,8 @@ PLAN: list[tuple[str, int, str, bool, float | None]] = [
     ("cast", 200_000, "us_per_cast", False, 1.5),
     ("spawn", 10_000, "us_per_spawn", False, 2.0),
     ("spawn", 10_000, "rss_bytes_per", False, 2.0),
+    ("spawn_init", 10_000, "us_per_spawn", False, 2.0),
+    ("spawn_init", 10_000, "rss_bytes_per", False, 2.0),
     ("spawn_traced", 10_000, "traced_bytes_per", False, 2.0),
     ("spawn", 100_000, "us_per_spawn", False, 2.0),
     ("spawn", 100_000, "rss_bytes_per", False, 2.0),
