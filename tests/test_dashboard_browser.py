@@ -368,6 +368,8 @@ def watch_crashes(b, base, token):
     page.goto(f"{base}?token={token}")
     expect(row(page, "crashy")).to_contain_text("running")
     expect(row(page, "crashy").locator("td").nth(3)).to_have_text("0")
+    # A keyboard user on a row keeps the focus while pushes redraw the table.
+    row(page, "crashy").locator('a[href="/agents/1/edit"]').focus()
 
 
 def see_it_disabled(b, shots):
@@ -382,6 +384,9 @@ def see_it_disabled(b, shots):
     expect(page.locator("#counters [data-counter=disabled] dd")).to_have_text(
         "1", timeout=LIVE_S * 1000
     )
+    focused = page.evaluate("[document.activeElement.getAttribute('href'), "
+                            "document.activeElement.isConnected]")
+    assert focused == ["/agents/1/edit", True]
     page.locator("#telemetry-box summary").click()
     crashed = page.locator("#telemetry tbody tr", has_text="arboretum.agent.crashed")
     expect(crashed.locator("td").nth(1)).to_have_text("3", timeout=LIVE_S * 1000)

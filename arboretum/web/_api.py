@@ -553,7 +553,8 @@ class Api:
             conn.push(frame)
 
     def stats(self) -> dict[str, Any]:
-        """The ``node.stats`` result: the node's counters, the protocol, the API's own."""
+        """The ``node.stats`` result: the node's counters, the protocol, the API's own
+        counters (``"api"``) and the telemetry event counts (``"telemetry"``)."""
         result = dict(self.node.statistics())
         result["protocol"] = PROTOCOL_VERSION
         result["api"] = {

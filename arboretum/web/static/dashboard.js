@@ -59,11 +59,17 @@
     const active = document.activeElement;
     const row = active && container.contains(active) ? active.closest("[data-key]") : null;
     const key = row ? row.dataset.key : null;
-    const which = row ? [...row.querySelectorAll("a, summary, button")].indexOf(active) : -1;
+    const href = active ? active.getAttribute("href") : null;
+    const tag = active ? active.tagName.toLowerCase() : "";
+    const which = row ? [...row.querySelectorAll(tag)].indexOf(active) : -1;
     rebuild();
     if (key === null) return;
     const again = container.querySelector(`[data-key="${CSS.escape(key)}"]`);
-    const target = again ? again.querySelectorAll("a, summary, button")[which] : null;
+    if (!again) return;
+    // The same link (by its target), else the same kind of control in the same place.
+    const target = href !== null
+      ? [...again.querySelectorAll("a")].find((a) => a.getAttribute("href") === href)
+      : again.querySelectorAll(tag)[which];
     if (target) target.focus();
   }
   function later(fn) {
