@@ -52,16 +52,16 @@ async def test_empty_file_is_migrated_to_current(tmp_path):
     path = str(tmp_path / "new.db")
     async with open_store(path) as store:
         agent = await store.create_agent({"name": "a"})
-        assert store.statistics()["schema_version"] == SCHEMA_VERSION == 3
+        assert store.statistics()["schema_version"] == SCHEMA_VERSION == 4
         assert await store.integrity_check() == ["ok"]
-    assert versions(path) == [1, 2, 3]
+    assert versions(path) == [1, 2, 3, 4]
     assert {"agents", "agent_runs", "arboretum_schema"} <= tables(path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # Opening again applies nothing and keeps the data.
     async with open_store(path) as store:
         assert await store.list_agents() == [agent]
-    assert versions(path) == [1, 2, 3]
+    assert versions(path) == [1, 2, 3, 4]
 
 
 async def test_v1_database_is_migrated_and_keeps_its_rows(tmp_path):
@@ -90,7 +90,7 @@ async def test_v1_database_is_migrated_and_keeps_its_rows(tmp_path):
         updated = await store.update_agent(legacy.id, {"status": "active"})
         assert updated.retry_policy == legacy.retry_policy
         assert await store.integrity_check() == ["ok"]
-    assert versions(path) == [1, 2, 3]
+    assert versions(path) == [1, 2, 3, 4]
 
 
 async def test_newer_schema_is_refused_with_a_clear_message(tmp_path):
@@ -98,18 +98,18 @@ async def test_newer_schema_is_refused_with_a_clear_message(tmp_path):
     async with open_store(path) as store:
         await store.create_agent({"name": "a"})
     with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO arboretum_schema VALUES (4, 'from the future', 'later')")
+        conn.execute("INSERT INTO arboretum_schema VALUES (5, 'from the future', 'later')")
     before = (tmp_path / "future.db").read_bytes()
     with pytest.raises(SchemaTooNew) as info:
         async with open_store(path):
             pass
-    assert info.value.found == 4 and info.value.supported == 3
+    assert info.value.found == 5 and info.value.supported == 4
     assert str(info.value) == (
-        f"{path} has schema version 4, but this version of arboretum supports schema versions "
-        "up to 3: it was written by a newer arboretum. Upgrade arboretum to open it (the store "
+        f"{path} has schema version 5, but this version of arboretum supports schema versions "
+        "up to 4: it was written by a newer arboretum. Upgrade arboretum to open it (the store "
         "never downgrades a database)."
     )
-    assert versions(path) == [1, 2, 3, 4]
+    assert versions(path) == [1, 2, 3, 4, 5]
     assert (tmp_path / "future.db").read_bytes() == before
 
 
@@ -135,6 +135,25 @@ def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path):
     )
     procs = [subprocess.Popen([sys.executable, "-c", script, path, f"p{i}"]) for i in range(3)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
-    assert versions(path) == [1, 2, 3]
+    assert versions(path) == [1, 2, 3, 4]
     with sqlite3.connect(path) as conn:
         assert sorted(r[0] for r in conn.execute("SELECT name FROM agents")) == ["p0", "p1", "p2"]
+
+
+async def test_a_hand_edit_never_moves_updated_at_backwards(tmp_path):
+    # SQLite's clock has millisecond resolution; the store writes microseconds. A hand edit in
+    # the same millisecond as a store write must still move updated_at forward.
+    import sqlite3
+
+    path = tmp_path / "mono.db"
+    async with open_store(path) as store:
+        agent = await store.create_agent({"name": "a"})
+    conn = sqlite3.connect(path)
+    future = "2999-01-01 00:00:00.999999"  # a stamp ahead of SQLite's clock, like a write
+    with conn:                              # earlier in the same millisecond
+        conn.execute("UPDATE agents SET updated_at = ? WHERE id = ?", (future, agent.id))
+    with conn:
+        conn.execute("UPDATE agents SET status = 'inactive' WHERE id = ?", (agent.id,))
+    (stamp,) = conn.execute("SELECT updated_at FROM agents WHERE id = ?", (agent.id,)).fetchone()
+    conn.close()
+    assert stamp > future

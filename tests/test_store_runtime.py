@@ -156,7 +156,7 @@ def make_v2_file(path: str) -> None:
         conn.execute("UPDATE sqlite_sequence SET seq = 10 WHERE name = 'agent_runs'")
 
 
-async def test_v2_file_is_migrated_to_v3_keeping_runs_and_ids(db_path):
+async def test_v2_file_is_migrated_keeping_runs_and_ids(db_path):
     make_v2_file(db_path)
     async with open_store(db_path) as store:
         runs = await store.list_runs("old")
@@ -171,7 +171,7 @@ async def test_v2_file_is_migrated_to_v3_keeping_runs_and_ids(db_path):
         assert new.id == 11
         assert await store.integrity_check() == ["ok"]
     with sqlite3.connect(db_path) as conn:
-        assert [r[0] for r in conn.execute("SELECT version FROM arboretum_schema")] == [1, 2, 3]
+        assert [r[0] for r in conn.execute("SELECT version FROM arboretum_schema")] == [1, 2, 3, 4]
         # The CHECK refuses a status that is not one of the six, even by hand.
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             conn.execute(

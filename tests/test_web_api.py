@@ -259,6 +259,7 @@ async def test_every_documented_code_and_op_is_covered():
         "agents.trigger",
         "agents.state",
         "agents.states",
+        "agents.validate",
         "runs.list",
         "node.stats",
         "subscribe",

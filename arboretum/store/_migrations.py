@@ -23,6 +23,9 @@ Versions:
    status was none of these becomes ``error``, its old status kept in ``error``); an index
    for the newest scheduled run of each responsibility; and an index on
    ``name COLLATE NOCASE`` for the case-insensitive name check.
+4. The ``updated_at`` trigger never moves ``updated_at`` backwards: SQLite's clock has
+   millisecond resolution and the store writes microseconds, so a hand edit in the same
+   millisecond as a store write used to stamp an earlier time; now it is at least 1 ms later.
 
 Before anything is written — before the file is even switched to WAL mode — :func:`peek`
 checks that the file is one this version may migrate, so a refused file is left untouched.
@@ -173,6 +176,23 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
                 (agent_id, responsibility, scheduled_for, id) WHERE scheduled_for IS NOT NULL
             """,
             "CREATE INDEX agents_name_nocase ON agents (name COLLATE NOCASE)",
+        ),
+    ),
+    Migration(
+        4,
+        "the updated_at trigger never moves updated_at backwards",
+        (
+            "DROP TRIGGER agents_touch_updated_at",
+            f"""
+            CREATE TRIGGER agents_touch_updated_at AFTER UPDATE ON agents FOR EACH ROW
+            WHEN NEW.updated_at IS OLD.updated_at
+            BEGIN
+                UPDATE agents SET updated_at = CASE
+                    WHEN {_NOW_SQL} > OLD.updated_at THEN {_NOW_SQL}
+                    ELSE strftime('%Y-%m-%d %H:%M:%f', OLD.updated_at, '+0.001 seconds')
+                END WHERE id = NEW.id;
+            END
+            """,
         ),
     ),
 )

@@ -407,6 +407,45 @@ class Store:
         """
         return await self._run(self._update_sync, agent, changes, self._now())
 
+    def _check_sync(self, ref: AgentRef | None, attrs: object) -> dict[str, Any]:
+        changes, errors = cast_changes(attrs, creating=ref is None)
+        if "agent" in errors:
+            raise ValidationError(errors)
+        current = None if ref is None else self._backend.get_agent(ref)
+        base = agent_defaults() if current is None else current.config()
+        normalized = self._validated({**base, **changes}, errors, current)
+        # A write finds a taken name only when it writes; say so now.
+        name = normalized["name"]
+        if current is None or name != current.name:
+            problem = self._backend.name_conflict(name, None if current is None else current.id)
+            if problem is not None:
+                raise ValidationError({"name": [problem]})
+        return normalized
+
+    async def check_agent(
+        self, attrs: Mapping[str, Any], *, agent: AgentRef | None = None
+    ) -> dict[str, Any]:
+        """Validate a create (``agent=None``) or an update of ``agent``, writing nothing.
+
+        Runs exactly the checks :meth:`create_agent` / :meth:`update_agent` would (the
+        schema, the node's validators such as the ability allow-list, a taken name), so a
+        form can show every problem while the user types.
+
+        Args:
+            attrs: the fields of a new agent, or the changes to ``agent``.
+            agent: id, name or record of the agent being edited; ``None`` for a new one.
+
+        Returns:
+            The normalized agent (every user field) as it would be written.
+
+        Raises:
+            ValidationError: as :meth:`create_agent` would raise it.
+            AgentNotFound: ``agent`` does not exist.
+
+        Cancellation: cancellable while waiting for the store.
+        """
+        return await self._run(self._check_sync, agent, attrs)
+
     async def delete_agent(self, agent: AgentRef) -> AgentRecord:
         """Delete an agent and its run history; broadcast :class:`AgentDeleted`.
 

@@ -51,6 +51,7 @@ from ..store import (
     RunRecorded,
     StoreError,
 )
+from ._counters import TelemetryCounts
 
 __all__ = ["ERROR_CODES", "MAX_FRAME", "OPS", "PROTOCOL_VERSION", "TOPICS", "Api"]
 
@@ -222,6 +223,21 @@ async def _agents_create(api: Api, conn: _Connection, args: Mapping[str, Any]) -
     return (await api.node.store.create_agent(_object_arg(args, "attrs"))).to_dict()
 
 
+async def _agents_validate(api: Api, conn: _Connection, args: Mapping[str, Any]) -> Any:
+    # {"attrs"} checks a create, {"agent", "changes"} an update; nothing is written.
+    try:
+        if args.get("agent") is None:
+            normalized = await api.node.store.check_agent(_object_arg(args, "attrs"))
+        else:
+            agent = _agent_arg(args)
+            changes = _object_arg(args, "changes")
+            normalized = await api.node.store.check_agent(changes, agent=agent)
+    except ValidationError as exc:
+        _, _, fields = error_of(exc)
+        return {"valid": False, "fields": fields or {}}
+    return {"valid": True, "fields": {}, "agent": normalized}
+
+
 async def _agents_update(api: Api, conn: _Connection, args: Mapping[str, Any]) -> Any:
     agent = _agent_arg(args)
     changes = _object_arg(args, "changes")
@@ -287,6 +303,7 @@ OPS: Final[dict[str, Op]] = {
     "agents.get": _agents_get,
     "agents.create": _agents_create,
     "agents.update": _agents_update,
+    "agents.validate": _agents_validate,
     "agents.delete": _agents_delete,
     "agents.set_status": _agents_set_status,
     "agents.trigger": _agents_trigger,
@@ -584,6 +601,7 @@ class Api:
         self.errors = 0
         self.dropped_clients = 0
         self.pushes = 0
+        self.telemetry = TelemetryCounts()
 
     def subscribe(self, conn: _Connection, topic: str) -> None:
         conn.topics.add(topic)
@@ -608,7 +626,8 @@ class Api:
             conn.push(frame)
 
     def stats(self) -> dict[str, Any]:
-        """The ``node.stats`` result: the node's counters, the protocol, the API's own."""
+        """The ``node.stats`` result: the node's counters, the protocol, the API's own
+        counters (``"api"``) and the telemetry event counts (``"telemetry"``)."""
         result = dict(self.node.statistics())
         result["protocol"] = PROTOCOL_VERSION
         result["api"] = {
@@ -619,6 +638,7 @@ class Api:
             "dropped_clients": self.dropped_clients,
             "keepalive_timeouts": self.keepalive_timeouts,
         }
+        result["telemetry"] = self.telemetry.snapshot()
         return result
 
     def snapshot(self, topic: str) -> Any:
@@ -634,6 +654,12 @@ class Api:
         """Feed the pushes: follow the node's topics, and tick ``stats`` / ``states``."""
         pubsub = self.node.pubsub
         lifecycle_topic = _lifecycle_topic()
+        with self.telemetry:
+            await self._run(pubsub, lifecycle_topic, task_status)
+
+    async def _run(
+        self, pubsub: Any, lifecycle_topic: str | None, task_status: trio.TaskStatus[None]
+    ) -> None:
         async with trio.open_nursery() as nursery:
             async with pubsub.subscribe(AGENTS_TOPIC, buffer=65536) as agents:
                 async with pubsub.subscribe(RUNS_TOPIC, buffer=65536) as runs:

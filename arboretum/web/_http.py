@@ -137,6 +137,10 @@ Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 class Route:
     """One entry of the route table.
 
+    A key of the route table is an exact path (``"/healthz"``), or a prefix ending in
+    ``*`` (``"/agents/*"``) that matches every path starting with what comes before the
+    ``*``; an exact key wins over a prefix, and a longer prefix over a shorter one.
+
     Attributes:
         handler: the page handler.
         auth: whether the node's token is required (401 without it).
@@ -455,8 +459,19 @@ class HttpServer:
         await stream.send_all(data)
         return conn.our_state is h11.DONE
 
+    def find_route(self, path: str) -> Route | None:
+        """The route for ``path``: an exact key, else the longest matching ``prefix*`` key."""
+        route = self.routes.get(path)
+        if route is not None:
+            return route
+        best = ""
+        for key, candidate in self.routes.items():
+            if key.endswith("*") and path.startswith(key[:-1]) and len(key) > len(best):
+                best, route = key, candidate
+        return route
+
     async def _route(self, request: HttpRequest) -> HttpResponse:
-        route = self.routes.get(request.path)
+        route = self.find_route(request.path)
         if route is None:
             return HttpResponse.json(404, {"error": "not found", "path": request.path})
         if request.method not in route.methods:

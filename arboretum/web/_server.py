@@ -13,6 +13,7 @@ import trio
 
 from .._core._exceptions import ValidationError
 from ._api import PROTOCOL_VERSION, Api
+from ._dashboard import dashboard_routes
 from ._files import load_or_create_token, remove_node_file, write_node_file
 from ._http import HttpRequest, HttpResponse, HttpServer, Route, is_loopback
 
@@ -80,22 +81,12 @@ def _url_host(host: str) -> str:
 
 
 def default_routes(api: Api) -> dict[str, Route]:
-    """The pages this layer serves: ``/healthz`` and a placeholder ``/``."""
+    """The pages this layer serves: ``/healthz`` and the dashboard (docs/dashboard.md)."""
 
     async def healthz(request: HttpRequest) -> HttpResponse:
         return HttpResponse.json(200, {"status": "ok", "protocol": PROTOCOL_VERSION})
 
-    async def index(request: HttpRequest) -> HttpResponse:
-        stats = api.stats()
-        body = (
-            "<!doctype html><html><head><meta charset=utf-8><title>arboretum</title></head>"
-            "<body><h1>arboretum node</h1>"
-            f"<p>{int(stats.get('running', 0))} agents running.</p>"
-            "<p>The API is at <code>/api/ws</code> (docs/api.md).</p></body></html>"
-        )
-        return HttpResponse(200, body.encode(), "text/html; charset=utf-8")
-
-    return {"/healthz": Route(healthz, auth=False), "/": Route(index)}
+    return {"/healthz": Route(healthz, auth=False), **dashboard_routes(api)}
 
 
 async def serve_web(
