@@ -75,9 +75,18 @@ async def test_the_api_refuses_every_bypass_and_imports_nothing(tmp_path: Path, 
             with pytest.raises(ApiError):
                 await client.request("agents.update",
                                      {"agent": ok["id"], "changes": {"abilities": ["os:x"]}})
+            await client.request("agents.validate", {"attrs": _agent("warm", "os:system")})
             before = set(sys.modules)
             refused = 0
             for i, (name, why) in enumerate(names(package)):
+                # The dashboard form's validation as you type: agents.validate.
+                for args in ({"attrs": _agent(f"bad-{i}", name)},
+                             {"agent": "fine", "changes": {"abilities": ["echo", name]}}):
+                    checked = await client.request("agents.validate", args)
+                    assert checked["valid"] is False, (name, checked)
+                    messages = " ".join(checked["fields"].get("abilities", []))
+                    assert refused_for(name, why, messages), (name, checked)
+                    refused += 1
                 for op, args in (
                     ("agents.create", {"attrs": _agent(f"bad-{i}", name)}),
                     ("agents.update", {"agent": "fine",
@@ -100,9 +109,9 @@ async def test_the_api_refuses_every_bypass_and_imports_nothing(tmp_path: Path, 
             made = await client.request(
                 "agents.create", {"attrs": _agent("tool", f"{package}.tools:fetch")})
             assert made["abilities"] == [f"{package}.tools:fetch"]
-    print(f"\nallow-list through the API: {refused} writes of {len(BYPASSES)} bypass names "
-          "(create, update of abilities, update of a responsibility) all refused, "
-          "sys.modules unchanged")
+    print(f"\nallow-list through the API: {refused} requests with {len(BYPASSES)} bypass names "
+          "(agents.validate of a create and an update, agents.create, agents.update of "
+          "abilities and of a responsibility) all refused, sys.modules unchanged")
 
 
 async def test_a_row_written_behind_the_node_s_back_is_refused_at_start(
@@ -200,3 +209,53 @@ def test_the_cli_refuses_every_bypass_and_imports_nothing(tmp_path: Path, pkg: A
     print(f"\nallow-list through the CLI: {len(rest)} invocations with {len(BYPASSES)} bypass "
           "names (--ability, --responsibility, --from-file, update) all exit 2 with the "
           "reason, nothing imported in the CLI's process")
+
+
+def fill_the_form_with(b: Any, base: str, token: str, bad: list[tuple[str, str]]) -> list[str]:
+    """In a real browser: the new-agent form with each refused name; what the page says."""
+    from playwright.sync_api import expect
+
+    page = b.new_page("form")
+    page.goto(f"{base}agents/new?token={token}")
+    expect(page.locator("#conn")).to_have_text("live")
+    page.fill("#f-name", "form-agent")
+    shown = []
+    for name, _ in bad:
+        page.fill("#f-abilities", json.dumps([name]))
+        page.fill("#f-responsibilities", json.dumps({"r": {"abilities": [name]}}))
+        error = page.locator("#f-abilities-error")
+        expect(error).not_to_be_empty()
+        expect(error).to_contain_text(repr(name)[:30] if len(name) <= 200 else "at most 200")
+        page.click("#save")
+        expect(page.locator("#form-status")).to_contain_text("Not saved")
+        shown.append(error.text_content() or "")
+        assert page.url.endswith("/agents/new"), page.url
+    return shown
+
+
+@pytest.mark.slow
+async def test_the_dashboard_form_refuses_every_bypass_and_imports_nothing(
+    tmp_path: Path, pkg: Any
+) -> None:
+    from browser_support import Browser
+
+    package, _ = pkg
+    allow = (f"{package}.tools", f"{package}.tools.*")
+    bad = [(n, w) for n, w in names(package) if n]  # an empty list item is not a name
+    browser = Browser()
+    try:
+        async with running_node(str(tmp_path / "form.db"), allow=allow) as node:
+            # Warm up the validation path once.
+            await browser.run(fill_the_form_with, node.web_url, node.token, bad[:1])
+            before = set(sys.modules)
+            with trio.fail_after(180):
+                shown = await browser.run(fill_the_form_with, node.web_url, node.token, bad)
+            assert set(sys.modules) == before, sorted(set(sys.modules) - before)
+            assert await node.store.list_agents() == []
+    finally:
+        await browser.aclose()
+    for (name, why), text in zip(bad, shown):
+        assert refused_for(name, why, text), (name, text)
+    assert browser.page_errors == [] and browser.console_errors == []
+    print(f"\nallow-list through the dashboard form: {len(bad)} bypass names typed and "
+          "saved in a real browser, each refused next to the field, nothing stored or imported")

@@ -244,8 +244,12 @@ async def test_the_canary_key_appears_nowhere(tmp_path: Path, monkeypatch: Any) 
                 await request("node.stats", {})
                 await trio.sleep(1.2)  # a stats / states push
                 host, port = host_port(node)
-                for target in (f"/?token={node.token}", "/", "/healthz", "/nope",
-                               "/agents/1", "/api/ws"):
+                ids = {a.name: a.id for a in await node.store.list_agents()}
+                dashboard = ["/", "/agents/new", "/static/dashboard.js", "/static/dashboard.css"]
+                for agent_id in ids.values():
+                    dashboard += [f"/agents/{agent_id}", f"/agents/{agent_id}/edit"]
+                for target in (f"/?token={node.token}", *dashboard, "/healthz", "/nope",
+                               "/agents/999", "/api/ws"):
                     cookie = f"Cookie: arboretum_token_{port}={node.token}\r\n"
                     pages.append(await http_exchange(host, port, (
                         f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{cookie}"
@@ -268,7 +272,8 @@ async def test_the_canary_key_appears_nowhere(tmp_path: Path, monkeypatch: Any) 
     assert sum("'exception')" in t for t in telemetry) >= 6
     assert "[redacted]" in "\n".join(frames) + log_text
     assert pages and all(p.startswith(b"HTTP/1.1 ") for p in pages)
-    assert any(b"arboretum node" in p for p in pages)
+    ok_pages = [p for p in pages if p.startswith(b"HTTP/1.1 200")]
+    assert len(ok_pages) == len(dashboard) + 1, [p[:40] for p in pages]
     # And the canary is nowhere.
     places: dict[str, bytes] = {
         "database": db.read_bytes(),
