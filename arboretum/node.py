@@ -66,8 +66,9 @@ __all__ = ["Node", "open_node"]
 logger = logging.getLogger("arboretum.node")
 
 _TRIGGERS = ("manual", "api", "schedule")
-# At shutdown, how long the web server may send the last replies after the agents stopped.
-_DRAIN_S = 0.05
+# At shutdown, how long the web server may take to send the last replies (the cancelled
+# results of the runs the shutdown cut short) after the agents stopped.
+_DRAIN_S = 1.0
 
 
 class Node:
@@ -105,6 +106,7 @@ class Node:
         self.manager: AgentManager = None  # type: ignore[assignment]  # set by open_node
         self.web_url: str | None = None
         self.token: str | None = None
+        self._web_api: Any = None
         self.started_at = time.time()
         self._started_monotonic = trio.current_time()
         self._preview: dict[int, tuple[float, tuple[Any, ...], dict[str, Any]]] = {}
@@ -405,7 +407,12 @@ async def _open_node(
                     # Every agent has stopped (runs in flight recorded as cancelled).
                     node.manager.announce_stopped(stopping)
                     if web is not None:
-                        await trio.sleep(_DRAIN_S)  # the last replies and pushes go out
+                        # The last replies and pushes go out.
+                        api = node._web_api
+                        if api is not None:
+                            await api.drain(_DRAIN_S)
+                        else:
+                            await trio.sleep(0.05)
                 finally:
                     if web is not None:
                         with trio.CancelScope(shield=True):
@@ -431,5 +438,6 @@ async def _serve_web(node: Node, *, task_status: trio.TaskStatus[Any] = trio.TAS
         info = await nursery.start(functools.partial(serve_web, node))
         node.web_url = info.url
         node.token = info.token
+        node._web_api = info.api
         task_status.started(info)
 

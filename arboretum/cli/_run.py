@@ -41,7 +41,28 @@ async def _follow_lifecycle(out: Output, subscription: Any, already: set[int]) -
         lifecycle_line(out, event.kind, event.agent_id, event.name, event.reason)
 
 
-async def _watch_signals(out: Output, signals: Any, stop: trio.CancelScope, database: str) -> None:
+class _Stop:
+    """How the first signal stops the node.
+
+    Once the node runs, the body of ``open_node`` returns (``requested`` is set): the node
+    then shuts down in order -- agents stopped within their grace, runs in flight recorded
+    as ``cancelled`` and their callers answered over the API, the web server last. While it
+    is still starting, ``scope`` is cancelled instead.
+    """
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.requested = trio.Event()
+        self.running = False
+
+    def stop(self) -> None:
+        if self.running:
+            self.requested.set()
+        else:
+            self.scope.cancel()
+
+
+async def _watch_signals(out: Output, signals: Any, stop: _Stop, database: str) -> None:
     from ..web._files import remove_node_file
 
     first = True
@@ -53,7 +74,7 @@ async def _watch_signals(out: Output, signals: Any, stop: trio.CancelScope, data
                 f"{_clock()}  received {name}: stopping the node "
                 "(every agent's terminate runs; Ctrl-C again to force)"
             )
-            stop.cancel()
+            stop.stop()
         else:
             out.error(f"received {name} again: exiting at once (in-flight runs are not recorded)")
             remove_node_file(database)
@@ -74,19 +95,20 @@ async def run_node(out: Output, settings: Any, demo: bool) -> None:
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as outer:
-            stop = trio.CancelScope()
+            stop = _Stop()
             outer.start_soon(_watch_signals, out, signals, stop, database)
             lifecycle = None
             try:
-                with stop:
+                with stop.scope:
                     async with open_node(settings=settings) as node:
+                        stop.running = True
                         # Subscribed before the first checkpoint after the node started, so
-                        # no event is lost; followed outside `stop`, so that the agents'
-                        # "stopped" lines of the shutdown are printed too.
+                        # no event is lost; followed outside `stop.scope`, so that the
+                        # agents' "stopped" lines of the shutdown are printed too.
                         lifecycle = node.pubsub.subscribe_nowait(LIFECYCLE_TOPIC)
                         early = await _started(out, node, lifecycle, demo)
                         outer.start_soon(_follow_lifecycle, out, lifecycle, early)
-                        await trio.sleep_forever()
+                        await stop.requested.wait()
             finally:
                 if lifecycle is not None:
                     lifecycle.close()  # the follower prints what is buffered, then ends

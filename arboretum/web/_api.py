@@ -331,9 +331,19 @@ class _Connection:
         self.after_reply: list[str] = []
         self.behind = False
         self.close_with = (1008, "")
+        self.sending = False
         self._outbox_in, self._outbox_out = trio.open_memory_channel[str](api.outbox_size)
         self._scope = trio.CancelScope()
         self._triggers = trio.Semaphore(_TRIGGERS_PER_CONNECTION)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a trigger is being answered or a frame waits to be sent."""
+        return (
+            self._triggers.value < _TRIGGERS_PER_CONNECTION
+            or self._outbox_out.statistics().current_buffer_used > 0
+            or self.sending
+        )
 
     # Called by the hub: never blocks.
     def push(self, frame: str) -> None:
@@ -438,7 +448,11 @@ class _Connection:
             async for frame in self._outbox_out:
                 if self.behind:
                     break
-                await ws.send_message(frame)
+                self.sending = True
+                try:
+                    await ws.send_message(frame)
+                finally:
+                    self.sending = False
                 self.api.frames_out += 1
             if self.behind:
                 await ws.aclose(*self.close_with)
@@ -610,6 +624,22 @@ class Api:
     def unsubscribe(self, conn: _Connection, topic: str) -> None:
         conn.topics.discard(topic)
         self._subscribers[topic].pop(conn, None)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no connection has a trigger to answer or a frame to send.
+
+        The node calls it at shutdown, after its agents stopped, so that the callers of the
+        runs the shutdown cut short get their ``cancelled`` results before the web server
+        closes. Connections that fell behind are not waited for.
+
+        Returns:
+            Whether everything was sent within ``timeout`` seconds.
+        """
+        with trio.move_on_after(timeout):
+            while any(c.busy for c in self.connections if not c.behind):
+                await trio.sleep(0.005)
+            return True
+        return False
 
     def subscriber_count(self, topic: str) -> int:
         """How many connections follow ``topic``."""
