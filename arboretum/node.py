@@ -409,10 +409,9 @@ async def _open_node(
                     if web is not None:
                         # The last replies and pushes go out.
                         api = node._web_api
-                        if api is not None:
-                            await api.drain(_DRAIN_S)
-                        else:
-                            await trio.sleep(0.05)
+                        with trio.move_on_after(_DRAIN_S):
+                            if api is not None:
+                                await api.drain()
                 finally:
                     if web is not None:
                         with trio.CancelScope(shield=True):

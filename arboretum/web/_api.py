@@ -438,6 +438,7 @@ class _Connection:
             for topic in list(self.topics):
                 api.unsubscribe(self, topic)
             api.connections.discard(self)
+            api._maybe_quiet()
             if not self.behind and self.ws.closed is None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await self.ws.aclose(1001, "the node is shutting down")
@@ -454,6 +455,7 @@ class _Connection:
                 finally:
                     self.sending = False
                 self.api.frames_out += 1
+                self.api._maybe_quiet()
             if self.behind:
                 await ws.aclose(*self.close_with)
         except trio_websocket.ConnectionClosed:
@@ -549,6 +551,7 @@ class _Connection:
             await self._call(handler, request_id, args)
         finally:
             self._triggers.release()
+            self.api._maybe_quiet()
 
     async def _call(self, handler: Op, request_id: Any, args: dict[str, Any]) -> None:
         try:
@@ -607,6 +610,7 @@ class Api:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.keepalive_timeouts = 0
+        self._quiet: trio.Event | None = None
         self.connections: set[_Connection] = set()
         self._subscribers: dict[str, dict[_Connection, None]] = {t: {} for t in TOPICS}
         self._last_states: str | None = None
@@ -625,21 +629,26 @@ class Api:
         conn.topics.discard(topic)
         self._subscribers[topic].pop(conn, None)
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self) -> None:
         """Wait until no connection has a trigger to answer or a frame to send.
 
-        The node calls it at shutdown, after its agents stopped, so that the callers of the
-        runs the shutdown cut short get their ``cancelled`` results before the web server
-        closes. Connections that fell behind are not waited for.
-
-        Returns:
-            Whether everything was sent within ``timeout`` seconds.
+        The node calls it at shutdown (under its own deadline), after its agents stopped,
+        so that the callers of the runs the shutdown cut short get their ``cancelled``
+        results before the web server closes. Connections that fell behind are not waited
+        for.
         """
-        with trio.move_on_after(timeout):
-            while any(c.busy for c in self.connections if not c.behind):
-                await trio.sleep(0.005)
-            return True
-        return False
+        while self._busy():
+            self._quiet = trio.Event()
+            await self._quiet.wait()
+        self._quiet = None
+
+    def _busy(self) -> bool:
+        return any(c.busy for c in self.connections if not c.behind)
+
+    def _maybe_quiet(self) -> None:
+        # Called when a connection may have become idle; wakes drain() once all are.
+        if self._quiet is not None and not self._busy():
+            self._quiet.set()
 
     def subscriber_count(self, topic: str) -> int:
         """How many connections follow ``topic``."""
