@@ -560,7 +560,7 @@ def test_fuzz_cli_flags_and_files(cli_db: tuple[str, str], data: Any) -> None:
 def test_zz_report_inputs_tried() -> None:
     """Print the figure (runs after the fuzzers in file order)."""
     total = sum(v for k, v in TRIED.items() if ":" not in k)
-    kinds = {k.split(":")[1]: v for k, v in TRIED.items() if k.startswith("api:")}
+    kinds = {k.split(":", 1)[1]: v for k, v in TRIED.items() if k.startswith("api:")}
     print(f"\nfuzz: {total} inputs: store {TRIED.get('store', 0)}, API frames "
           f"{TRIED.get('api', 0)} {kinds}, raw frames {TRIED.get('raw', 0)}, "
           f"CLI invocations {TRIED.get('cli', 0)}; all answered with a clear error or a result")
