@@ -94,6 +94,9 @@ MODEL_MAX: Final = 200
 URL_MAX: Final = 2000
 ENV_VAR_MAX: Final = 128
 TEMPERATURE_MAX: Final = 2
+#: Providers whose temperature range is narrower (Anthropic's is 0-1), so a stored config is
+#: one the LLM client accepts.
+PROVIDER_TEMPERATURE_MAX: Final = {"anthropic": 1}
 MAX_TOKENS_MAX: Final = 10_000_000
 TIMEOUT_S_MAX: Final = 86_400
 DELAY_MS_MAX: Final = 86_400_000
@@ -713,8 +716,13 @@ def validate_llm_config(
                 f"digits and _, at most {ENV_VAR_MAX} characters), never the key itself",
             )
     temp = merged.get("temperature")
-    if temp is not None and not _in_range(temp, 0, TEMPERATURE_MAX):
-        _add(errors, f"{f}.temperature", f"must be a number from 0 to {TEMPERATURE_MAX}")
+    high = (
+        PROVIDER_TEMPERATURE_MAX.get(provider, TEMPERATURE_MAX)
+        if isinstance(provider, str) else TEMPERATURE_MAX
+    )
+    if temp is not None and not _in_range(temp, 0, high):
+        which = f" for provider {provider}" if high != TEMPERATURE_MAX else ""
+        _add(errors, f"{f}.temperature", f"must be a number from 0 to {high:g}{which}")
     tokens = merged.get("max_tokens")
     if tokens is not None and not (_is_int(tokens) and 1 <= tokens <= MAX_TOKENS_MAX):
         _add(errors, f"{f}.max_tokens", f"must be a whole number from 1 to {MAX_TOKENS_MAX}")

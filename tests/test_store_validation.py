@@ -495,3 +495,25 @@ async def test_junk_updates_raise_validation_error_and_leave_the_row(changes):
             assert await store.get_agent(agent.id) == agent
         else:
             assert await store.get_agent(agent.id) == updated
+
+
+async def test_anthropic_temperature_is_checked_against_its_own_range(tmp_path):
+    # A config the store accepts must be one the LLM client can bind: Anthropic's
+    # temperatures are 0-1, other providers' 0-2.
+    import arboretum
+    from arboretum.llm import LLMConfigError, open_llm_client
+    from arboretum.store import open_store
+
+    base = {"provider": "anthropic", "model": "claude-test"}
+    async with open_store(tmp_path / "t.db") as store, open_llm_client() as llm:
+        with pytest.raises(arboretum.ValidationError) as info:
+            await store.create_agent({"name": "hot", "llm_config": {**base, "temperature": 1.5}})
+        assert info.value.errors["llm_config.temperature"] == [
+            "must be a number from 0 to 1 for provider anthropic"]
+        ok = await store.create_agent({"name": "warm", "llm_config": {**base, "temperature": 1}})
+        llm.bind(ok.llm_config)  # binds
+        openai = {"provider": "openai", "model": "m", "temperature": 1.5}
+        fine = await store.create_agent({"name": "o", "llm_config": openai})
+        llm.bind(fine.llm_config)
+        with pytest.raises(LLMConfigError):
+            llm.bind({**base, "temperature": 1.5})
