@@ -90,7 +90,7 @@ async def test_open_node_refuses_bad_settings_before_opening(tmp_path: Path) -> 
     db = tmp_path / "never.db"
     with pytest.raises(ValidationError) as info:
         async with arboretum.open_node(db, flap_window_s=-1):
-            pass  # pragma: no cover
+            pytest.fail("open_node must refuse a bad setting before yielding")
     assert "flap_window_s" in info.value.errors
     assert not db.exists()
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-import trio.testing
 
 import arboretum
 from arboretum.agents import LIFECYCLE_TOPIC
@@ -21,7 +20,10 @@ async def test_a_run_cut_short_by_shutdown_is_answered_over_the_api(tmp_path: Pa
     replies: list[Any] = []
     stopped: list[str] = []
 
+    running = trio.Event()
+
     async def slow(payload: Any, ctx: Any) -> str:
+        running.set()
         await trio.sleep(1000)
         return "never"
 
@@ -46,9 +48,7 @@ async def test_a_run_cut_short_by_shutdown_is_answered_over_the_api(tmp_path: Pa
             outside.start_soon(watch, events)
             outside.start_soon(call)
             with trio.fail_after(10):
-                while not node.runtime.nursery.child_tasks:
-                    await trio.sleep(0.01)  # the run has started
-                await trio.sleep(0.1)
+                await running.wait()  # the run is in progress
         events.close()
     assert len(replies) == 1
     (result,) = replies[0]
@@ -62,7 +62,10 @@ async def test_every_run_cut_short_by_shutdown_is_answered_even_when_many(tmp_pa
     # their callers lost the connection instead. It now waits until they are sent.
     replies: list[Any] = []
 
+    running = trio.Event()
+
     async def slow(payload: Any, ctx: Any) -> str:
+        running.set()
         await trio.sleep(1000)
         return "never"
 

@@ -83,7 +83,6 @@ class AgentManager:
         self.reconciliations = 0
         self._wait_scope: trio.CancelScope | None = None
         self._barriers: list[trio.Event] = []
-        self._busy = False
         self._ready = False
 
     # -- queries (no I/O) ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -102,4 +102,3 @@ class Runtime:
     rng: random.Random = field(default_factory=random.Random)
     record_grace_s: float = 5.0
     last_run_at: dict[int, datetime] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
